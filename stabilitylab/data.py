@@ -155,7 +155,8 @@ def _make_blobs(n: int, rs: int) -> tuple[np.ndarray, np.ndarray]:
 
 # name -> (generator, classes, input_range). Each box extends at least five noise standard
 # deviations beyond the noiseless support, so clipping to it changes (almost) no point.
-_TOYS: dict[str, tuple[Callable[[int, int], tuple[np.ndarray, np.ndarray]], list[str], tuple[float, float]]] = {
+_ToyMaker = Callable[[int, int], tuple[np.ndarray, np.ndarray]]
+_TOYS: dict[str, tuple[_ToyMaker, list[str], tuple[float, float]]] = {
     "moons": (_make_moons, ["upper moon", "lower moon"], (-2.0, 3.0)),
     "circles": (_make_circles, ["outer circle", "inner circle"], (-1.75, 1.75)),
     "blobs": (_make_blobs, ["blob 0", "blob 1", "blob 2"], (-7.5, 7.5)),
@@ -218,7 +219,9 @@ def _coverage(distance: np.ndarray) -> np.ndarray:
     return np.clip(0.5 - distance, 0.0, 1.0)
 
 
-def _frame(rng: np.random.Generator, cx, cy, n: int) -> tuple[np.ndarray, np.ndarray]:
+def _frame(
+    rng: np.random.Generator, cx: np.ndarray, cy: np.ndarray, n: int
+) -> tuple[np.ndarray, np.ndarray]:
     theta = rng.uniform(0.0, 2.0 * np.pi, n).astype(np.float32)
     grid = np.arange(_IMAGE_SIZE, dtype=np.float32) + 0.5
     dx = grid[None, None, :] - cx[:, None, None]
@@ -287,7 +290,9 @@ def _shapes_clutter(rng: np.random.Generator, images: np.ndarray, slots: int, p:
         _blend(images, _coverage(distance) * present, rng.uniform(0.0, 1.0, (n, 3)))
 
 
-def _shapes_occluder(rng: np.random.Generator, images, cx, cy, r) -> None:
+def _shapes_occluder(
+    rng: np.random.Generator, images: np.ndarray, cx: np.ndarray, cy: np.ndarray, r: np.ndarray
+) -> None:
     n = images.shape[0]
     ox = cx + r * rng.uniform(-1.0, 1.0, n)
     oy = cy + r * rng.uniform(-1.0, 1.0, n)
@@ -338,7 +343,9 @@ def _load_shapes(split: str, n_samples: int | None, seed: int) -> ArrayDataset:
         chunks.append(_render_shapes(rng, _SHAPES_CHUNK))
     images = np.concatenate([c[0] for c in chunks])[:n]
     labels = np.concatenate([c[1] for c in chunks])[:n]
-    return ArrayDataset(images, labels, name="shapes", classes=_SHAPE_CLASSES, input_range=(0.0, 1.0))
+    return ArrayDataset(
+        images, labels, name="shapes", classes=_SHAPE_CLASSES, input_range=(0.0, 1.0)
+    )
 
 
 # ----------------------------------------------------------------------------- torchvision
@@ -359,11 +366,13 @@ def _default_root() -> Path:
 
 
 def _not_available(name: str, root: Path, reason: str) -> DatasetNotAvailableError:
-    offline = '"shapes"' if name.startswith("cifar") else '"digits"'
+    if name.startswith("cifar"):
+        offline = 'load_dataset("shapes") (colour images) or load_dataset("digits")'
+    else:
+        offline = 'load_dataset("digits") (or load_dataset("shapes") for colour images)'
     return DatasetNotAvailableError(
-        f"Data set {name!r} is not available in {str(root)!r}: {reason}. "
-        f"Pass download=True to fetch it (this needs a network connection), or work offline "
-        f'with load_dataset("digits") or load_dataset("shapes") (closest here: {offline}).'
+        f"data set {name!r} is not available in {str(root)!r}: {reason}. "
+        f"download=True fetches it, but needs a network connection; to work offline use {offline}."
     )
 
 
@@ -386,7 +395,9 @@ def _load_torchvision(
     targets = torch.as_tensor(np.asarray(ds.targets), dtype=torch.int64)
     n = _take(len(targets), n_samples, name, split)
     inputs = data[:n].to(torch.float32) / 255.0
-    return ArrayDataset(inputs, targets[:n], name=name, classes=list(ds.classes), input_range=(0.0, 1.0))
+    return ArrayDataset(
+        inputs, targets[:n], name=name, classes=list(ds.classes), input_range=(0.0, 1.0)
+    )
 
 
 # ----------------------------------------------------------------------------- public API

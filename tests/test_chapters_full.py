@@ -1,0 +1,37 @@
+"""Every chapter's `full` configuration (data set, model, loops) runs, on torchvision-format data
+sets shrunk to a few images: a Colab reader must never be the first to run it."""
+
+import os
+from pathlib import Path
+
+import nbformat
+import papermill
+import pytest
+
+from stabilitylab import book
+from torchvision_format import write_mnist
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_torchvision_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("torchvision-data")
+    write_mnist(root, "MNIST", n_train=40, n_test=20, seed=0)
+    write_mnist(root, "FashionMNIST", n_train=40, n_test=20, seed=1)
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("chapter", book.chapters(ROOT), ids=lambda p: p.stem)
+def test_chapter_runs_at_full_scale_on_tiny_data(chapter, tiny_torchvision_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("STABILITYLAB_SCALE", "full")
+    monkeypatch.setenv("STABILITYLAB_DATA", str(tiny_torchvision_root))
+    output = tmp_path / chapter.name
+    papermill.execute_notebook(
+        str(chapter), str(output), kernel_name="python3", cwd=str(chapter.parent), progress_bar=False
+    )
+    executed = nbformat.read(output, as_version=4)
+    printed = "".join(o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
+    assert "scale: full" in printed
+    assert not any(o.get("output_type") == "error" for c in executed.cells for o in c.get("outputs", []))

@@ -1,0 +1,32 @@
+"""Small data sets written in torchvision's on-disk formats, for testing the torchvision path and
+the chapters' `full` configurations without a network."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import numpy as np
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """An IDX file (MNIST's raw format): magic 0x0000 08 <ndim>, big-endian sizes, uint8 data."""
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim)
+    header += struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+
+
+def write_mnist(root: Path, folder: str = "MNIST", *, n_train: int = 20, n_test: int = 10, seed: int = 0) -> dict:
+    """Write MNIST-format raw files (what torchvision's ``MNIST`` / ``FashionMNIST`` read) under
+    ``root/<folder>/raw``; return ``{"train": (images, labels), "t10k": (images, labels)}``."""
+    rng = np.random.default_rng(seed)
+    raw = Path(root) / folder / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    arrays = {}
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        labels = rng.integers(0, 10, n, dtype=np.uint8)
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
+        arrays[prefix] = (images, labels)
+    return arrays
