@@ -185,9 +185,13 @@ def _rayleigh_lower(A: Tensor, G: Tensor) -> Tensor:
 
 
 def _gram_state(A: Tensor) -> tuple[Tensor, Tensor]:
-    """First Gram step on the smaller side: (normalized A^*A or AA^*, log of its Frobenius norm)."""
-    G = A.mH @ A if A.shape[-1] <= A.shape[-2] else A @ A.mH
-    return _normalized(G)
+    """First Gram step on the smaller side, from A rescaled to unit Frobenius norm so that the
+    product cannot overflow: (normalized A^*A or AA^*, log of the scale c with
+    sigma_1(A)^2 <= c)."""
+    peak = A.abs().amax(dim=(-2, -1)).clamp_min(torch.finfo(A.real.dtype).tiny)
+    A, log_a = _normalized(A / peak[..., None, None])
+    G, log_g = _normalized(A.mH @ A if A.shape[-1] <= A.shape[-2] else A @ A.mH)
+    return G, 2 * (torch.log(peak) + log_a) + log_g
 
 
 def _normalized(G: Tensor) -> tuple[Tensor, Tensor]:
@@ -239,7 +243,8 @@ def gram_iteration(
     n_iter = (6 if tol is None else 40) if n_iter is None else _check_count(n_iter, "n_iter", 0)
     A = W if W.shape[-1] <= W.shape[-2] else W.mH
     if n_iter == 0:
-        upper = _frobenius(W)
+        peak = W.abs().amax(dim=(-2, -1))
+        upper = peak * _frobenius(W / peak.clamp_min(torch.finfo(peak.dtype).tiny)[..., None, None])
         return (upper, _rayleigh_lower(A, A.mH @ A)) if return_lower else upper
     G, log_scale = _gram_state(A)
     power = 2.0
