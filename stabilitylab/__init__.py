@@ -4,12 +4,12 @@ The package behind the StabilityLab book: Lipschitz bounds and spectral norms, 1
 layers and certificates, randomized smoothing, and curvature analysis, for PyTorch.
 
 Modules (one per technique): ``data``, ``models``, ``train``, ``attacks``, ``curvature``,
-``plot`` and ``book`` (the chapter runner).
+``spectral``, ``plot``, ``timing`` and ``book`` (the chapter runner).
 """
 
 __version__ = "0.1.0"
 
-from stabilitylab import attacks, book, curvature, data, models, plot, train
+from stabilitylab import attacks, book, curvature, data, layers, models, plot, spectral, timing, train
 from stabilitylab.data import load_dataset
 from stabilitylab.train import evaluate, fit, seed_everything
 
@@ -19,8 +19,11 @@ __all__ = [
     "book",
     "curvature",
     "data",
+    "layers",
     "models",
     "plot",
+    "spectral",
+    "timing",
     "train",
     "load_dataset",
     "fit",
