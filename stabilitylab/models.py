@@ -20,7 +20,7 @@ _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "identity": nn.Identity,
 }
 
-__all__ = ["mlp", "cnn", "make_activation"]
+__all__ = ["mlp", "cnn", "lipschitz_mlp", "make_activation"]
 
 
 def make_activation(spec: str | type[nn.Module] | Callable[[], nn.Module]) -> nn.Module:
@@ -141,4 +141,40 @@ def cnn(
         previous = width
     layers += [nn.Flatten(), nn.Linear(previous * h * w, hidden), make_activation(activation)]
     layers.append(nn.Linear(hidden, num_classes))
+    return nn.Sequential(*layers)
+
+
+def lipschitz_mlp(
+    in_features: int | Sequence[int],
+    num_classes: int,
+    *,
+    hidden: Sequence[int] = (64, 64),
+    group_size: int = 2,
+    n_iter: int = 6,
+) -> nn.Sequential:
+    """A 1-Lipschitz (in L2) perceptron ``Flatten -> [SpectralLinear -> GroupSort] * k ->
+    SpectralLinear``: every linear layer is divided by a certified bound of its spectral norm and
+    GroupSort is 1-Lipschitz, so the network is 1-Lipschitz for any weights [anil2019sorting].
+
+    Args:
+        in_features: the number of input features, or the input shape (flattened).
+        num_classes: the number of outputs.
+        hidden: widths of the hidden layers, each divisible by ``group_size``.
+        group_size: GroupSort's group size (2 is MaxMin).
+        n_iter: Gram steps of each layer's bound (see :class:`~stabilitylab.layers.SpectralLinear`).
+    """
+    from stabilitylab.layers import GroupSort, SpectralLinear
+
+    shape = (in_features,) if isinstance(in_features, int) else tuple(in_features)
+    _positive_ints("in_features", shape)
+    _positive_ints("num_classes", (num_classes,))
+    widths = _positive_ints("hidden", hidden)
+    if any(width % group_size for width in widths):
+        raise ValueError(f"every hidden width must be divisible by group_size={group_size}, got {widths}")
+    layers: list[nn.Module] = [nn.Flatten()]
+    previous = math.prod(shape)
+    for width in widths:
+        layers += [SpectralLinear(previous, width, n_iter=n_iter), GroupSort(group_size)]
+        previous = width
+    layers.append(SpectralLinear(previous, num_classes, n_iter=n_iter))
     return nn.Sequential(*layers)

@@ -61,3 +61,19 @@ def test_spectral_linear_trains():
         torch.nn.functional.mse_loss(layer(x), target).backward()
         opt.step()
     assert torch.nn.functional.mse_loss(layer(x), target).item() < before
+
+
+def test_lipschitz_mlp_is_1_lipschitz_at_every_point():
+    from stabilitylab import models
+
+    torch.manual_seed(0)
+    net = models.lipschitz_mlp(5, 3, hidden=(8, 6)).double()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(10)  # whatever the weights
+    for _ in range(20):
+        x = torch.randn(5, dtype=torch.float64)
+        J = torch.autograd.functional.jacobian(lambda v: net(v[None])[0], x)
+        assert torch.linalg.matrix_norm(J, ord=2) <= 1 + 1e-12
+    with pytest.raises(ValueError, match="group_size"):
+        models.lipschitz_mlp(5, 3, hidden=(7,))
