@@ -50,7 +50,9 @@ except ImportError:  # the anchor is optional: its rows are skipped
 
 THREADS = 2
 DENSE_CHECK_LIMIT = 4096  # largest side of a dense operator built to verify an exact value
-SLOW_S = 2.0  # forward calls slower than this get no forward + backward timing
+SLOW_S = 2.0  # forward calls slower than this get no forward + backward timing and no retry
+CONTENDED = 0.25  # share of the CPUs used by other processes above which a row is re-timed
+RETRIES = 2
 RESULTS = Path(__file__).resolve().parent / "results" / "spectral.json"
 
 UPPER, EXACT, LOWER, NEITHER = "upper", "exact", "lower", "neither"
@@ -85,11 +87,47 @@ def timed(fn, repeats: int, device: torch.device = torch.device("cpu")) -> float
     return 1e3 * statistics.median(samples)
 
 
+def cpu_ticks() -> tuple[int, int, int] | None:
+    """(ticks of all CPUs, busy ticks of all CPUs, ticks of this process) from /proc, or None."""
+    try:
+        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+        own = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, ValueError, IndexError):
+        return None
+    total = sum(values)  # user nice system idle iowait irq softirq steal
+    return total, total - values[3] - values[4], int(own[11]) + int(own[12])  # utime + stime
+
+
+def others_share(before, after) -> float | None:
+    """Share of all CPUs kept busy by other processes between two cpu_ticks() readings."""
+    if before is None or after is None or after[0] <= before[0]:
+        return None
+    total, busy, own = (a - b for a, b in zip(after, before))
+    return max(0.0, (busy - own) / total)
+
+
 def measure(method: str, kind: str, fn, x: torch.Tensor, *, repeats: int, ours: bool,
             differentiable: bool = True, note: str = "") -> dict:
-    """One row: fn(x) -> 0-dim tensor, timed without autograd, then with value.backward()
-    with respect to a copy of x that requires grad (unless not differentiable or too slow)."""
+    """One row, re-timed (up to RETRIES times, unless slow) while other processes keep more than
+    CONTENDED of the CPUs busy; the least contended attempt is kept and its share recorded."""
+    best = None
+    for attempt in range(1 + RETRIES):
+        before = cpu_ticks()
+        row = _measure_once(method, kind, fn, x, repeats=repeats, ours=ours,
+                            differentiable=differentiable, note=note)
+        row["contention"] = others_share(before, cpu_ticks())
+        if best is None or (row["contention"] or 0) < (best["contention"] or 0):
+            best = row
+        if (row["contention"] or 0) <= CONTENDED or row["ms"] > 1e3 * SLOW_S:
+            break
+        time.sleep(2.0)
+    return best
 
+
+def _measure_once(method: str, kind: str, fn, x: torch.Tensor, *, repeats: int, ours: bool,
+                  differentiable: bool, note: str) -> dict:
+    """fn(x) -> 0-dim tensor, timed without autograd, then with value.backward() with respect
+    to a copy of x that requires grad (unless not differentiable or too slow)."""
     last = {}
 
     def forward():
@@ -161,8 +199,9 @@ def print_table(title: str, cases: list[tuple[str, list[dict]]]) -> None:
         for r in rows:
             ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}" + ("*" if r["base"] else "")
             fb = _ms(r["fwd_bwd_ms"]) if r["fwd_bwd_ms"] is not None else ("n/a" if r["note"] else "-")
+            flag = "~" if (r["contention"] or 0) > CONTENDED else ""
             lines.append((r["method"], r["kind"], f"{r['value']:.10g}", f"{r['rel_gap']:+.2e}",
-                          _ms(r["ms"]), fb, ratio, r["note"]))
+                          _ms(r["ms"]) + flag, fb, ratio, r["note"]))
     table = [head] + [line for line in lines if isinstance(line, tuple)]
     widths = [max(len(row[i]) for row in table) for i in range(len(head))]
     right = {2, 3, 4, 5, 6}
@@ -177,7 +216,8 @@ def print_table(title: str, cases: list[tuple[str, list[dict]]]) -> None:
         print(fmt(line) if isinstance(line, tuple) else f"[{line}]")
     print(rule)
     print("kind: upper = certified upper bound, lower = estimate from below; gap = (value - exact) / exact;"
-          "\nx base = time / our fastest certified (Gram) row of the case, marked *.")
+          "\nx base = time / our fastest certified (Gram) row of the case, marked *;"
+          f"\n~ = timed while other processes kept > {CONTENDED:.0%} of the CPUs busy (re-run when idle).")
 
 
 # ----------------------------------------------------------------------------- problems
@@ -362,6 +402,10 @@ def _row(cases, method: str, **case) -> dict | None:
     return None
 
 
+def _contended(*rows) -> str:
+    return " (timed under contention)" if any((r["contention"] or 0) > CONTENDED for r in rows if r) else ""
+
+
 def targets(dense, circular, zeros) -> list[dict]:
     out = []
     gram, power = _row(dense, "ours gram_iteration tol=1e-9"), _row(dense, "ours power_iteration n_iter=1000")
@@ -370,7 +414,7 @@ def targets(dense, circular, zeros) -> list[dict]:
         "target": "dense: Gram bound within 1e-9 relative, >= 5x faster than 1000 power iterations",
         "met": gram["rel_gap"] <= 1e-9 and speedup >= 5,
         "numbers": f"gap {gram['rel_gap']:+.1e} in {_ms(gram['ms'])} ms; power(1000) {_ms(power['ms'])} ms "
-                   f"(gap {power['rel_gap']:+.1e}): speedup {speedup:.2f}x",
+                   f"(gap {power['rel_gap']:+.1e}): speedup {speedup:.2f}x" + _contended(gram, power),
     })
 
     where = {"channels": 64, "kernel": 3, "n": 32, "dtype": "float32"}
@@ -385,7 +429,8 @@ def targets(dense, circular, zeros) -> list[dict]:
                       ">= 3x faster than get_conv_sv(n_iter=6), no slower than ours exact",
             "met": met,
             "numbers": f"gap {ours['rel_gap']:+.1e}; ours {_ms(ours['ms'])} ms, get_conv_sv(6) "
-                       f"{_ms(anchor['ms']) if anchor else '-'} ms (speedup {speed}), ours exact {_ms(exact['ms'])} ms",
+                       f"{_ms(anchor['ms']) if anchor else '-'} ms (speedup {speed}), ours exact {_ms(exact['ms'])} ms"
+                       + _contended(ours, exact, anchor),
         })
 
     for _, rows in zeros:
@@ -398,7 +443,7 @@ def targets(dense, circular, zeros) -> list[dict]:
                       "ours certified within 5% in under 100 ms",
             "met": 0 <= ours["rel_gap"] <= 0.05 and ours["ms"] < 100,
             "numbers": f"ours {ours['rel_gap']:+.2%} in {_ms(ours['ms'])} ms"
-                       + (f"; get_conv_sv {ref}" if ref else ""),
+                       + (f"; get_conv_sv {ref}" if ref else "") + _contended(ours),
         })
     return out
 
@@ -433,7 +478,8 @@ def machine_info(device: torch.device) -> dict:
         "orthogonium": anchor,
         "load_average_start": os.getloadavg(),
         "timing": "median of repeats after one warm-up, forward under no_grad; 3 repeats above 1 s, "
-                  f"1 above 5 s; no backward timing above {SLOW_S:g} s",
+                  f"1 above 5 s; no backward timing above {SLOW_S:g} s; a row is re-timed (up to "
+                  f"{RETRIES} times) while other processes keep > {CONTENDED:.0%} of the CPUs busy",
     }
 
 
@@ -472,9 +518,11 @@ def main(argv=None) -> int:
         print(f"  [{'met' if t['met'] else 'NOT MET'}] {t['target']}\n      {t['numbers']}")
     total = time.perf_counter() - start
     machine["load_average_end"] = os.getloadavg()
-    print(f"\ntotal {total:.0f} s; load average at the end {machine['load_average_end'][0]:.2f}")
-
     sections = {"dense": dense, "circular": circular, "zeros": zeros, "stride": stride}
+    contended = [r for cases in sections.values() for _, rows in cases for r in rows
+                 if (r["contention"] or 0) > CONTENDED]
+    print(f"\ntotal {total:.0f} s; load average at the end {machine['load_average_end'][0]:.2f}; "
+          f"{len(contended)} rows timed under contention (~)")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({
         "benchmark": "spectral",

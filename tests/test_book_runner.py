@@ -166,3 +166,17 @@ def test_stored_chapters_are_current():
     """The book's own chapters were made by the runner and match their code."""
     root = Path(__file__).resolve().parents[1]
     assert book.check(root) == []
+
+
+def test_config_overrides_shrink_a_configuration(monkeypatch):
+    monkeypatch.setenv("STABILITYLAB_SCALE", "full")
+    monkeypatch.setenv("STABILITYLAB_OVERRIDES", '{"width": 8}')
+    cfg = book.config("auto", tiny={"width": 1, "data": "a"}, small={"width": 2, "data": "b"},
+                      full={"width": 512, "data": "mnist"}, verbose=False)
+    assert (cfg.width, cfg.data, cfg.scale) == (8, "mnist", "full")
+    monkeypatch.setenv("STABILITYLAB_OVERRIDES", '{"depth": 8}')
+    with pytest.raises(ValueError, match="depth"):
+        book.config("auto", tiny={"width": 1}, small={"width": 2}, full={"width": 3}, verbose=False)
+    monkeypatch.setenv("STABILITYLAB_OVERRIDES", "[1, 2]")
+    with pytest.raises(ValueError, match="JSON object"):
+        book.config("auto", tiny={"width": 1}, small={"width": 2}, full={"width": 3}, verbose=False)

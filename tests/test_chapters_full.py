@@ -1,7 +1,7 @@
 """Every chapter's `full` configuration (data set, model, loops) runs, on torchvision-format data
 sets shrunk to a few images: a Colab reader must never be the first to run it."""
 
-import os
+import json
 from pathlib import Path
 
 import nbformat
@@ -12,6 +12,15 @@ from stabilitylab import book
 from torchvision_format import write_mnist
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# The full configurations keep their data sets, models and loops; only sizes that would take
+# a GPU are shrunk here.
+SHRINK = {
+    "02_lipschitz": {"depths": [1, 2], "width": 32, "toy_points": 200, "toy_epochs": 3,
+                     "sdf_widths": [4, 8], "sdf_steps": 20, "sdf_points": 256},
+    "03_spectral_norms": {"dense": [60, 40], "channels": 8, "cnn_images": 200, "cnn_epochs": 1,
+                          "zero_sizes": [4, 8], "n_kernels": 2, "repeats": 1, "max_iter": 10},
+}
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +36,7 @@ def tiny_torchvision_root(tmp_path_factory) -> Path:
 def test_chapter_runs_at_full_scale_on_tiny_data(chapter, tiny_torchvision_root, tmp_path, monkeypatch):
     monkeypatch.setenv("STABILITYLAB_SCALE", "full")
     monkeypatch.setenv("STABILITYLAB_DATA", str(tiny_torchvision_root))
+    monkeypatch.setenv("STABILITYLAB_OVERRIDES", json.dumps(SHRINK.get(chapter.stem, {})))
     output = tmp_path / chapter.name
     papermill.execute_notebook(
         str(chapter), str(output), kernel_name="python3", cwd=str(chapter.parent), progress_bar=False

@@ -29,6 +29,7 @@ import torch
 
 SCALES = ("tiny", "small", "full")
 SCALE_ENV = "STABILITYLAB_SCALE"
+OVERRIDES_ENV = "STABILITYLAB_OVERRIDES"
 METADATA_KEY = "stabilitylab"
 METADATA_FIELDS = ("scale", "device", "seconds", "version", "code_hash")
 SETUP_TAG = "colab-setup"
@@ -98,6 +99,9 @@ def config(
         device: where the chapter computes; default CUDA when available, else the CPU.
         verbose: print one line saying the scale and device.
 
+    ``STABILITYLAB_OVERRIDES``, a JSON object, replaces chosen settings after the scale is
+    picked (the tests use it to run the full configuration with smaller sizes).
+
     Returns:
         A :class:`Config` whose attributes are the chosen settings, ``scale`` and ``device``.
 
@@ -124,12 +128,32 @@ def config(
     scale = resolve_scale(SCALE)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    cfg = Config(**copy.deepcopy(per_scale[scale]), scale=scale, device=torch.device(device))
+    values = copy.deepcopy(per_scale[scale])
+    values.update(_overrides(keys))
+    cfg = Config(**values, scale=scale, device=torch.device(device))
     if verbose:
         from stabilitylab import __version__
 
         print(f"stabilitylab {__version__} | scale: {scale} | device: {cfg.device}")
     return cfg
+
+
+def _overrides(keys: set[str]) -> dict[str, Any]:
+    """Settings replaced through ``STABILITYLAB_OVERRIDES`` (a JSON object): how the tests run a
+    chapter's full configuration (its data, models and loops) with its sizes shrunk."""
+    text = os.environ.get(OVERRIDES_ENV, "").strip()
+    if not text:
+        return {}
+    try:
+        overrides = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{OVERRIDES_ENV} must be a JSON object, got {text!r}: {err}") from None
+    if not isinstance(overrides, dict):
+        raise ValueError(f"{OVERRIDES_ENV} must be a JSON object, got {text!r}")
+    unknown = sorted(set(overrides) - keys)
+    if unknown:
+        raise ValueError(f"{OVERRIDES_ENV} names settings this chapter does not have: {unknown}")
+    return overrides
 
 
 # ----------------------------------------------------------------------------- book layout
