@@ -21,14 +21,6 @@ from stabilitylab.attacks import fgsm, minimal_adversarial_distance, pgd, robust
 SETTINGS = settings(max_examples=25, deadline=None, derandomize=True)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    # The models here are tiny; intra-op threading only adds overhead.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 # ---------------------------------------------------------------------------
 # helpers

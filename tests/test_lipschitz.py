@@ -17,13 +17,6 @@ SLACK = 1e-9  # float64 rounding of a certified bound
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def jacobian_norms(model, x):
     """Exact ||J_f(x_b)||_2 (float64 Jacobian, SVD) at every point of the batch."""

@@ -12,13 +12,6 @@ from stabilitylab import spectral
 SLACK = {torch.float32: 2e-5, torch.float64: 1e-11}  # floating-point rounding of a certified bound
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def oracle(kernel, size, padding, stride):
     matrix = spectral.conv_operator_matrix(kernel.double(), size, padding=padding, stride=stride)
