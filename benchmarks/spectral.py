@@ -6,7 +6,7 @@ Gram iteration of Delattre et al. 2024 for zero padding) and against the reshape
 that `torch.nn.utils.parametrizations.spectral_norm` normalizes. Four sections:
 
 1. a dense 500 x 400 float64 matrix;
-2. circular-padding convolutions (float32, plus a float64 set), exact value by FFT + batched SVD,
+2. circular-padding convolutions (float32, plus a float64 set), exact value by DFT + batched SVD,
    checked against the dense operator's SVD where it is small enough;
 3. zero-padding ("same") convolutions in float64, exact value by the dense operator's SVD;
 4. a stride-2 circular convolution.
@@ -18,7 +18,8 @@ row's time to our fastest certified (Gram) row of the same case.
 
     python benchmarks/spectral.py [--quick] [--device cpu|cuda]
 
-Rows and machine information go to benchmarks/results/spectral.json.
+Rows and machine information go to benchmarks/results/spectral.json (spectral_quick.json with
+--quick, so that a smoke test does not overwrite the full results).
 """
 
 from __future__ import annotations
@@ -106,15 +107,13 @@ def others_share(before, after) -> float | None:
     return max(0.0, (busy - own) / total)
 
 
-def measure(method: str, kind: str, fn, x: torch.Tensor, *, repeats: int, ours: bool,
-            differentiable: bool = True, note: str = "") -> dict:
+def measure(method: str, kind: str, fn, x: torch.Tensor, *, repeats: int, ours: bool, note: str = "") -> dict:
     """One row, re-timed (up to RETRIES times, unless slow) while other processes keep more than
     CONTENDED of the CPUs busy; the least contended attempt is kept and its share recorded."""
     best = None
-    for attempt in range(1 + RETRIES):
+    for _ in range(1 + RETRIES):
         before = cpu_ticks()
-        row = _measure_once(method, kind, fn, x, repeats=repeats, ours=ours,
-                            differentiable=differentiable, note=note)
+        row = _measure_once(method, kind, fn, x, repeats=repeats, ours=ours, note=note)
         row["contention"] = others_share(before, cpu_ticks())
         if best is None or (row["contention"] or 0) < (best["contention"] or 0):
             best = row
@@ -124,10 +123,9 @@ def measure(method: str, kind: str, fn, x: torch.Tensor, *, repeats: int, ours: 
     return best
 
 
-def _measure_once(method: str, kind: str, fn, x: torch.Tensor, *, repeats: int, ours: bool,
-                  differentiable: bool, note: str) -> dict:
+def _measure_once(method: str, kind: str, fn, x: torch.Tensor, *, repeats: int, ours: bool, note: str) -> dict:
     """fn(x) -> 0-dim tensor, timed without autograd, then with value.backward() with respect
-    to a copy of x that requires grad (unless not differentiable or too slow)."""
+    to a copy of x that requires grad (unless the forward call is too slow)."""
     last = {}
 
     def forward():
@@ -137,9 +135,7 @@ def _measure_once(method: str, kind: str, fn, x: torch.Tensor, *, repeats: int, 
     ms = timed(forward, repeats, x.device)
     value = float(last["value"])
     fwd_bwd_ms, fwd_bwd_note = None, ""
-    if not differentiable:
-        fwd_bwd_note = "not differentiable"
-    elif ms > 1e3 * SLOW_S:
+    if ms > 1e3 * SLOW_S:
         fwd_bwd_note = f"backward not timed (forward > {SLOW_S:g} s)"
     else:
         leaf = x.detach().clone().requires_grad_(True)
@@ -506,14 +502,14 @@ def main(argv=None) -> int:
     dense = dense_section(device, args.repeats, args.quick)
     print_table("1. Dense matrix, float64", dense)
     circular, checks = circular_section(device, args.repeats, args.quick)
-    print_table("2. Circular padding, stride 1 (exact = ours FFT + batched SVD in float64)", circular)
+    print_table("2. Circular padding, stride 1 (exact = ours DFT + batched SVD in float64)", circular)
     zeros = zeros_section(device, args.repeats, args.quick)
     print_table("3. Zero padding k//2, float64 (exact = dense operator SVD)", zeros)
     stride, stride_check = stride_section(device, args.repeats, args.quick)
     print_table("4. Circular padding, stride 2", stride)
 
     summary = targets(dense, circular, zeros)
-    print("\nTargets")
+    print("\nTargets" + (" (quick grid: smaller problems than the targets were set for)" if args.quick else ""))
     for t in summary:
         print(f"  [{'met' if t['met'] else 'NOT MET'}] {t['target']}\n      {t['numbers']}")
     total = time.perf_counter() - start
@@ -523,8 +519,9 @@ def main(argv=None) -> int:
                  if (r["contention"] or 0) > CONTENDED]
     print(f"\ntotal {total:.0f} s; load average at the end {machine['load_average_end'][0]:.2f}; "
           f"{len(contended)} rows timed under contention (~)")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({
+    results = RESULTS.with_name("spectral_quick.json") if args.quick else RESULTS
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps({
         "benchmark": "spectral",
         "quick": args.quick,
         "machine": machine,
@@ -533,7 +530,7 @@ def main(argv=None) -> int:
         "targets": summary,
         "rows": {name: [r for _, rows in cases for r in rows] for name, cases in sections.items()},
     }, indent=1))
-    print(f"rows written to {RESULTS}")
+    print(f"rows written to {results}")
     return 0
 
 

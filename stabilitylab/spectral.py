@@ -405,31 +405,43 @@ def _periodized_spectrum(G: Tensor, size: tuple[int, int], rows: Tensor | None =
     return torch.einsum("up,vpab->uvab", phase_h, half).reshape(-1, *G.shape[:2]).contiguous()
 
 
-def _circular_gram_bound(kernel: Tensor, size: tuple[int, int], n_iter: int | None, tol: float | None) -> Tensor:
-    """Certified bound of the circular convolution of a (polyphase) kernel on an h x w grid.
-
-    Without tol: n_iter Gram steps on every frequency (the original algorithm). With tol: the
-    first two Gram steps of all frequencies come from spatial kernels (the autocorrelation and its
-    self-convolution: far cheaper than products of complex matrices at every frequency); lower
-    bounds come from the few frequencies with the largest upper bounds; frequencies whose upper
-    bound falls below the best lower bound are dropped (they cannot hold the maximum), and the
-    others are squared until the certified gap is below tol."""
-    if tol is None:
-        return gram_iteration(_periodized_spectrum(kernel, size), n_iter=n_iter).max()
-    if kernel.shape[1] > kernel.shape[0]:  # work on the smaller side: the adjoint has the same norm
+def _spatial_gram(kernel: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """What the certified circular bound needs of a (polyphase) kernel, whatever the grid: the
+    kernel on its smaller side (the adjoint has the same norm) scaled to unit Frobenius norm, the
+    spatial kernel of its second Gram step (the self-convolution of its autocorrelation), and
+    the scale."""
+    if kernel.shape[1] > kernel.shape[0]:
         kernel = kernel.flip(-2, -1).transpose(0, 1)
     scale = _frobenius(kernel.flatten(1)).clamp_min(torch.finfo(kernel.dtype).tiny)
     kernel = kernel / scale
-    G, log_scale = _normalized(_periodized_spectrum(_self_convolution(_autocorrelation(kernel)), size))
+    return kernel, _self_convolution(_autocorrelation(kernel)), scale
+
+
+def _circular_gram_bound(
+    kernel: Tensor, size: tuple[int, int], n_iter: int | None, tol: float | None, spatial=None
+) -> Tensor:
+    """Certified bound of the circular convolution of a (polyphase) kernel on an h x w grid.
+
+    Without tol (or with n_iter < 2): n_iter Gram steps on every frequency (the original
+    algorithm). With tol: the first two Gram steps of all frequencies come from spatial kernels
+    (the autocorrelation and its self-convolution: far cheaper than products of complex matrices
+    at every frequency; ``spatial`` passes them in when several grids share them); lower bounds
+    come from the few frequencies with the largest upper bounds; frequencies whose upper bound
+    falls below the best lower bound are dropped (they cannot hold the maximum), and the others
+    are squared until the certified gap is below tol or n_iter Gram steps in all were made."""
+    if tol is None or (n_iter is not None and n_iter < 2):
+        return gram_iteration(_periodized_spectrum(kernel, size), n_iter=n_iter).max()
+    kernel, second_step, scale = spatial if spatial is not None else _spatial_gram(kernel)
+    G, log_scale = _normalized(_periodized_spectrum(second_step, size))
     rows = torch.arange(len(G), device=G.device)
-    power = 4.0  # G holds (A^*A)^2 at every frequency, up to a phase
+    power = 4.0  # G holds (A^*A)^2 at every frequency, up to a phase: two Gram steps made
     lower = torch.zeros((), dtype=log_scale.dtype, device=log_scale.device)
-    max_steps = 40 if n_iter is None else max(n_iter - 2, 1)
-    for step in range(max_steps):
+    evaluations = 39 if n_iter is None else n_iter - 1  # bounds after 2, 3, ..., n_iter steps
+    for step in range(evaluations):
         upper = torch.exp(log_scale / power)
         top = torch.topk(upper, min(8, len(upper))).indices
         lower = torch.maximum(lower, _rayleigh_lower(_periodized_spectrum(kernel, size, rows[top]), G[top]).max())
-        if upper.max() <= (1 + tol) * lower or step == max_steps - 1:
+        if upper.max() <= (1 + tol) * lower or step == evaluations - 1:
             break
         keep = upper >= lower
         rows, G, log_scale = rows[keep], G[keep], log_scale[keep]
@@ -477,25 +489,24 @@ def conv_operator_matrix(
     if mode == "circular" and (kh > h or kw > w):
         raise ValueError(f"input_size {(h, w)} is smaller than the kernel {(kh, kw)} for circular padding")
     n_in = c_in * h * w
-    basis = torch.eye(n_in, dtype=kernel.dtype, device=kernel.device).reshape(n_in, c_in, h, w)
     if mode == "circular":
-        basis = F.pad(basis, ((kw - 1) // 2, kw // 2, (kh - 1) // 2, kh // 2), mode="circular")
-        out = F.conv2d(basis, kernel, stride=stride)
+        out_h, out_w = (h - 1) // stride[0] + 1, (w - 1) // stride[1] + 1
     else:
         out_h = (h + 2 * pad[0] - kh) // stride[0] + 1
         out_w = (w + 2 * pad[1] - kw) // stride[1] + 1
         if out_h < 1 or out_w < 1:
             raise ValueError(f"input_size {(h, w)} gives an empty output with kernel {(kh, kw)} and padding {pad}")
-        if max(n_in, c_out * out_h * out_w) > _DENSE_LIMIT:
-            raise ValueError(
-                f"the dense operator would be {c_out * out_h * out_w} x {n_in}, larger than "
-                f"{_DENSE_LIMIT} on a side; use method='gram' for a certified bound"
-            )
-        out = F.conv2d(basis, kernel, stride=stride, padding=pad)
-    if max(n_in, out[0].numel()) > _DENSE_LIMIT:
+    if max(n_in, c_out * out_h * out_w) > _DENSE_LIMIT:
         raise ValueError(
-            f"the dense operator would be {out[0].numel()} x {n_in}, larger than {_DENSE_LIMIT} on a side"
+            f"the dense operator would be {c_out * out_h * out_w} x {n_in}, larger than "
+            f"{_DENSE_LIMIT} on a side; use method='gram' for a certified bound"
         )
+    basis = torch.eye(n_in, dtype=kernel.dtype, device=kernel.device).reshape(n_in, c_in, h, w)
+    if mode == "circular":
+        basis = F.pad(basis, ((kw - 1) // 2, kw // 2, (kh - 1) // 2, kh // 2), mode="circular")
+        out = F.conv2d(basis, kernel, stride=stride)
+    else:
+        out = F.conv2d(basis, kernel, stride=stride, padding=pad)
     return out.reshape(n_in, -1).T
 
 
@@ -542,7 +553,9 @@ def conv_spectral_norm(
         n_iter: Gram steps (``"gram"``, default: until ``tol``) or power iterations
             (``"power"``, default 100).
         tol: certified relative gap at which ``"gram"`` stops (None: exactly ``n_iter`` steps,
-            default 6, on every frequency, as in the original algorithm).
+            default 6, on every frequency, as in the original algorithm). With zero padding the
+            gap is to the circular bound on the larger grid, not to the zero-padded norm itself,
+            which can lie a few percent lower (more for large kernels on small images).
         generator: seeds ``"power"``.
 
     Returns:
@@ -566,13 +579,14 @@ def conv_spectral_norm(
     mode, pad = _check_padding(padding, (kh, kw))
 
     if mode == "circular":
+        if method == "gram":
+            conv_transfer_matrices(kernel[:1, :1], (h, w), stride=stride_hw)  # checks sizes only
+            grid = (h // stride_hw[0], w // stride_hw[1])
+            return _circular_gram_bound(_polyphase(kernel, stride_hw), grid, n_iter, tol).to(kernel.dtype)
         blocks = conv_transfer_matrices(kernel, (h, w), stride=stride_hw)
         if method == "exact":
             return torch.linalg.matrix_norm(blocks, ord=2).max().to(kernel.dtype)
-        if method == "power":
-            return power_iteration(blocks, n_iter=n_iter or 100, generator=generator).max().to(kernel.dtype)
-        grid = (h // stride_hw[0], w // stride_hw[1])
-        return _circular_gram_bound(_polyphase(kernel, stride_hw), grid, n_iter, tol).to(kernel.dtype)
+        return power_iteration(blocks, n_iter=n_iter or 100, generator=generator).max().to(kernel.dtype)
 
     if (h + 2 * pad[0] - kh) // stride_hw[0] + 1 < 1 or (w + 2 * pad[1] - kw) // stride_hw[1] + 1 < 1:
         raise ValueError(f"input_size {(h, w)} gives an empty output with kernel {(kh, kw)} and padding {pad}")
@@ -592,11 +606,13 @@ def conv_spectral_norm(
             n_iter=n_iter or 100,
             generator=generator,
         )
+    poly = _polyphase(kernel, stride_hw)
+    spatial = _spatial_gram(poly) if tol is not None and (n_iter is None or n_iter >= 2) else None
     bounds = []
     for n_h, n_w in zip(
         _zero_padding_grids(h, pad[0], stride_hw[0], kh, extra=2),
         _zero_padding_grids(w, pad[1], stride_hw[1], kw, extra=2),
     ):
         grid = (n_h // stride_hw[0], n_w // stride_hw[1])
-        bounds.append(_circular_gram_bound(_polyphase(kernel, stride_hw), grid, n_iter, tol))
+        bounds.append(_circular_gram_bound(poly, grid, n_iter, tol, spatial))
     return torch.stack(bounds).min().to(kernel.dtype)

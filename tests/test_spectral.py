@@ -199,3 +199,17 @@ def test_bad_input_raises_a_clear_error(call, match):
 def test_integer_kernel_is_rejected():
     with pytest.raises(TypeError, match="kernel"):
         spectral.conv_spectral_norm(torch.ones(1, 1, 3, 3, dtype=torch.int64), 8)
+
+
+def test_n_iter_counts_gram_steps_with_and_without_tol():
+    """With a tolerance too small to stop early, n_iter Gram steps give the same bound on both paths."""
+    kernel = torch.randn(16, 16, 3, 3, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    for n_iter in [1, 2, 3, 5, 6]:
+        plain = spectral.conv_spectral_norm(kernel, 16, tol=None, n_iter=n_iter).item()
+        fast = spectral.conv_spectral_norm(kernel, 16, tol=1e-14, n_iter=n_iter).item()
+        assert fast == pytest.approx(plain, rel=1e-9), n_iter
+
+
+def test_dense_operator_size_is_checked_before_it_is_built():
+    with pytest.raises(ValueError, match="65536"):
+        spectral.conv_operator_matrix(torch.randn(64, 64, 3, 3), 32, padding="circular")
