@@ -4,12 +4,25 @@ The package behind the StabilityLab book: Lipschitz bounds and spectral norms, 1
 layers and certificates, randomized smoothing, and curvature analysis, for PyTorch.
 
 Modules (one per technique): ``data``, ``models``, ``train``, ``attacks``, ``curvature``,
-``spectral``, ``lipschitz``, ``layers``, ``plot``, ``timing`` and ``book`` (the chapter runner).
+``spectral``, ``lipschitz``, ``layers``, ``smoothing``, ``plot``, ``timing`` and ``book`` (the chapter runner).
 """
 
 __version__ = "0.1.0"
 
-from stabilitylab import attacks, book, curvature, data, layers, lipschitz, models, plot, spectral, timing, train
+from stabilitylab import (
+    attacks,
+    book,
+    curvature,
+    data,
+    layers,
+    lipschitz,
+    models,
+    plot,
+    smoothing,
+    spectral,
+    timing,
+    train,
+)
 from stabilitylab.data import load_dataset
 from stabilitylab.train import evaluate, fit, seed_everything
 
@@ -23,6 +36,7 @@ __all__ = [
     "lipschitz",
     "models",
     "plot",
+    "smoothing",
     "spectral",
     "timing",
     "train",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numbers
 import os
+import pickle
 import tarfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -376,10 +377,47 @@ def _not_available(name: str, root: Path, reason: str) -> DatasetNotAvailableErr
     )
 
 
+_CIFAR_FILES = {
+    "cifar10": ("cifar-10-batches-py", "batches.meta", "label_names", "labels",
+                {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}),
+    "cifar100": ("cifar-100-python", "meta", "fine_label_names", "fine_labels",
+                 {"train": ["train"], "test": ["test"]}),
+}
+
+
+def _read_cifar(name: str, split: str, root: Path, n_samples: int | None) -> ArrayDataset | None:
+    """Read CIFAR's python batches (the layout torchvision downloads to) when they are all on disk.
+
+    torchvision's own reader also compares each file with the md5 sum of the official archive;
+    this one reads what is there, so a set rebuilt or shrunk by the user loads too."""
+    folder_name, meta_name, names_key, labels_key, files = _CIFAR_FILES[name]
+    folder = root / folder_name
+    paths = [folder / meta_name, *(folder / f for f in files[split])]
+    if not all(p.is_file() for p in paths):
+        return None
+
+    def unpickle(path: Path) -> dict:
+        with open(path, "rb") as f:
+            entry = pickle.load(f, encoding="latin1")
+        return {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
+
+    classes = list(unpickle(paths[0])[names_key])
+    batches = [unpickle(p) for p in paths[1:]]
+    data = np.concatenate([np.asarray(b["data"], dtype=np.uint8).reshape(-1, 3, 32, 32) for b in batches])
+    targets = torch.as_tensor(np.concatenate([np.asarray(b[labels_key]) for b in batches]), dtype=torch.int64)
+    n = _take(len(targets), n_samples, name, split)
+    inputs = torch.from_numpy(data[:n]).to(torch.float32) / 255.0
+    return ArrayDataset(inputs, targets[:n], name=name, classes=classes, input_range=(0.0, 1.0))
+
+
 def _load_torchvision(
     name: str, split: str, root, download: bool, n_samples: int | None
 ) -> ArrayDataset:
     root = _default_root() if root is None else Path(root).expanduser()
+    if name in _CIFAR_FILES:
+        on_disk = _read_cifar(name, split, root, n_samples)
+        if on_disk is not None:
+            return on_disk
     try:
         import torchvision.datasets as tvd
     except ImportError as exc:
@@ -471,7 +509,10 @@ def load_dataset(
     Torchvision sets (``mnist``, ``fashion-mnist``, ``cifar10``, ``cifar100``) are read
     with ``torchvision.datasets`` from ``root`` and converted to float32 in ``[0, 1]``,
     shape ``(N, C, H, W)`` (``(1, 28, 28)`` or ``(3, 32, 32)``), ``input_range=(0, 1)``,
-    classes from torchvision. ``n_samples`` takes the first images; ``seed`` is ignored.
+    classes from torchvision. CIFAR's python batches, once on disk in torchvision's layout
+    (``cifar-10-batches-py``, ``cifar-100-python``), are read directly, without torchvision
+    and without comparing them with the official archive's checksums. ``n_samples`` takes the
+    first images; ``seed`` is ignored.
 
     Args:
         name: A name from :func:`available_datasets`, case-insensitive

@@ -21,7 +21,7 @@ from stabilitylab.data import (
     available_datasets,
     load_dataset,
 )
-from torchvision_format import write_mnist
+from torchvision_format import write_cifar10, write_mnist
 
 OFFLINE = {
     # name: (input_shape, num_classes, default train size, default test size)
@@ -323,36 +323,15 @@ def test_default_root_from_environment(tmp_path, tv, monkeypatch):
     assert torch.equal(ds.labels, torch.from_numpy(arrays["t10k"][1].astype(np.int64)))
 
 
-def _existence_only(fpath, md5=None) -> bool:
-    return os.path.isfile(fpath)
-
-
 def _write_pickle(path, obj) -> None:
     with open(path, "wb") as f:
         pickle.dump(obj, f)
 
 
-@pytest.fixture
-def skip_md5(tv, monkeypatch):
-    # torchvision's CIFAR loaders compare every batch file and the meta file against the md5
-    # sums of the real archives (cifar.check_integrity). Our tiny stand-in files cannot match
-    # them, so for these tests only we keep the existence check and drop the checksum.
-    monkeypatch.setattr(tv.datasets.cifar, "check_integrity", _existence_only)
-
-
-def test_cifar10_from_disk(tmp_path, skip_md5):
-    rng = np.random.default_rng(1)
-    folder = tmp_path / "cifar-10-batches-py"
-    folder.mkdir()
-    names = [f"label {i}" for i in range(10)]
-    _write_pickle(folder / "batches.meta", {"label_names": names})
-    batches = {}
-    for file_name, n in [(f"data_batch_{i}", 4) for i in range(1, 6)] + [("test_batch", 6)]:
-        data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
-        labels = rng.integers(0, 10, n).tolist()
-        _write_pickle(folder / file_name, {"data": data, "labels": labels})
-        batches[file_name] = (data, labels)
-
+def test_cifar10_from_disk(tmp_path):
+    # read without torchvision, whose loader would compare the files with the real archives' md5
+    batches = write_cifar10(tmp_path, seed=1)
+    names = batches["label_names"]
     test = load_dataset("cifar10", root=tmp_path, split="test")
     data, labels = batches["test_batch"]
     expected = torch.from_numpy(data.reshape(-1, 3, 32, 32).astype(np.float32) / 255.0)
@@ -369,7 +348,15 @@ def test_cifar10_from_disk(tmp_path, skip_md5):
     assert torch.equal(train.labels, torch.tensor(labels))
 
 
-def test_cifar100_from_disk(tmp_path, skip_md5):
+def test_cifar10_with_a_missing_batch_is_not_available(tmp_path):
+    write_cifar10(tmp_path)
+    (tmp_path / "cifar-10-batches-py" / "data_batch_3").unlink()
+    assert load_dataset("cifar10", root=tmp_path, split="test").num_classes == 10
+    with pytest.raises(DatasetNotAvailableError, match="cifar10"):
+        load_dataset("cifar10", root=tmp_path, split="train")
+
+
+def test_cifar100_from_disk(tmp_path):
     rng = np.random.default_rng(2)
     folder = tmp_path / "cifar-100-python"
     folder.mkdir()

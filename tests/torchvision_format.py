@@ -3,6 +3,7 @@ the chapters' `full` configurations without a network."""
 
 from __future__ import annotations
 
+import pickle
 import struct
 from pathlib import Path
 
@@ -30,3 +31,26 @@ def write_mnist(root: Path, folder: str = "MNIST", *, n_train: int = 20, n_test:
         write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
         arrays[prefix] = (images, labels)
     return arrays
+
+
+def _write_pickle(path: Path, obj) -> None:
+    with open(path, "wb") as f:
+        pickle.dump(obj, f)
+
+
+def write_cifar10(root: Path, *, n_per_batch: int = 4, n_test: int = 6, seed: int = 0) -> dict:
+    """Write CIFAR-10's python batches (what torchvision's ``CIFAR10`` downloads) under
+    ``root/cifar-10-batches-py``; return ``{file name: (data (n, 3072) uint8, labels)}`` and
+    ``"label_names"``."""
+    rng = np.random.default_rng(seed)
+    folder = Path(root) / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    names = [f"label {i}" for i in range(10)]
+    _write_pickle(folder / "batches.meta", {"label_names": names})
+    batches = {"label_names": names}
+    for file_name, n in [(f"data_batch_{i}", n_per_batch) for i in range(1, 6)] + [("test_batch", n_test)]:
+        data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+        labels = rng.integers(0, 10, n).tolist()
+        _write_pickle(folder / file_name, {"data": data, "labels": labels})
+        batches[file_name] = (data, labels)
+    return batches

@@ -1,0 +1,635 @@
+r"""Randomized smoothing: certified L2 robustness for any classifier, by adding Gaussian noise.
+
+Given a base classifier :math:`f : \mathbb{R}^d \to \{1, \dots, C\}`, the smoothed classifier
+
+.. math::
+
+    g(x) = \arg\max_c \; \mathbb{P}_{\delta \sim \mathcal{N}(0, \sigma^2 I)}\big(f(x + \delta) = c\big)
+
+is robust in L2: if the top class has probability at least :math:`\underline{p_A} > 1/2`, then
+:math:`g` is constant on the ball of radius :math:`\sigma\,\Phi^{-1}(\underline{p_A})` around
+:math:`x` (Cohen et al. 2019 [cohen2019certified]). The probabilities are estimated by Monte
+Carlo, so every answer holds with probability at least :math:`1 - \alpha` over the sampling.
+
+This module holds
+
+* :class:`Smooth`: ``predict`` (with abstention) and ``certify`` as in Cohen et al., batched over
+  noise samples on the base model's device, plus ``certify_lvm``, the Lipschitz-variance-margin
+  certificate of Delattre et al. 2024 [delattre2024lipschitz] that averages a simplex-valued map
+  of the logits (softmax or sparsemax with a temperature) instead of counting votes and bounds the
+  averages with empirical Bernstein inequalities [maurer2009empirical];
+* the statistics: :func:`clopper_pearson_lower`, :func:`empirical_bernstein_radius`,
+  :func:`max_certifiable_radius`;
+* the maps: :func:`sparsemax`, :func:`simplex_map`;
+* data-set level results (:func:`certify_dataset`, :class:`SmoothingResult` with certified
+  accuracy curves and the average certified radius);
+* Gaussian data augmentation for training base classifiers (:class:`GaussianNoise`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from scipy import stats
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from stabilitylab.train import batches
+
+__all__ = [
+    "ABSTAIN",
+    "Smooth",
+    "SmoothingResult",
+    "GaussianNoise",
+    "certify_dataset",
+    "clopper_pearson_lower",
+    "empirical_bernstein_radius",
+    "max_certifiable_radius",
+    "simplex_map",
+    "sparsemax",
+]
+
+ABSTAIN = -1
+"""The class :meth:`Smooth.predict` and :meth:`Smooth.certify` return when they abstain."""
+
+_BOUNDS = ("gaussian", "lipschitz")
+_MAPS = ("softmax", "sparsemax", "hardmax")
+
+
+# --------------------------------------------------------------------------- argument checks
+
+
+def _check_int(value, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+def _check_alpha(alpha) -> float:
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
+        raise ValueError(f"alpha must be a number in (0, 1), got {alpha!r}")
+    return float(alpha)
+
+
+def _check_sigma(sigma) -> float:
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma <= 0:
+        raise ValueError(f"sigma must be a finite number > 0, got {sigma!r}")
+    return float(sigma)
+
+
+def _check_generator(generator) -> torch.Generator | None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    return generator
+
+
+def _check_map(kind, temperature) -> tuple[str, float]:
+    if kind not in _MAPS:
+        raise ValueError(f"map must be one of {_MAPS}, got {kind!r}")
+    if (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, (int, float))
+        or not math.isfinite(temperature)
+        or temperature <= 0
+    ):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    return kind, float(temperature)
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def clopper_pearson_lower(successes: int, trials: int, alpha: float) -> float:
+    r"""One-sided Clopper-Pearson lower confidence bound of a binomial proportion.
+
+    With probability at least :math:`1 - \alpha` over :math:`k \sim \mathrm{Bin}(n, p)`,
+    :math:`p \ge \underline{p} = B^{-1}(\alpha;\, k,\, n - k + 1)`, the :math:`\alpha` quantile of
+    the Beta distribution (0 when :math:`k = 0`) [clopper1934use]. This is the bound
+    :meth:`Smooth.certify` puts on the top class's probability; with :math:`k = n` it equals
+    :math:`\alpha^{1/n}`.
+
+    Args:
+        successes: :math:`k`, an int in ``[0, trials]``.
+        trials: :math:`n >= 1`.
+        alpha: the failure probability, in (0, 1).
+
+    Returns:
+        The lower bound, a float in [0, 1].
+    """
+    trials = _check_int(trials, "trials")
+    if isinstance(successes, bool) or not isinstance(successes, int) or not 0 <= successes <= trials:
+        raise ValueError(f"successes must be an int in [0, trials={trials}], got {successes!r}")
+    alpha = _check_alpha(alpha)
+    if successes == 0:
+        return 0.0
+    return float(stats.beta.ppf(alpha, successes, trials - successes + 1))
+
+
+def empirical_bernstein_radius(variance: Tensor, n: int, alpha: float, *, value_range: float = 1.0) -> Tensor:
+    r"""Half-width of the one-sided empirical Bernstein confidence bound.
+
+    For :math:`n \ge 2` i.i.d. variables in an interval of length :math:`b` with sample variance
+    :math:`V_n` (unbiased), with probability at least :math:`1 - \alpha`
+
+    .. math::
+
+        \mathbb{E}X \ge \bar X - \sqrt{\frac{2 V_n \ln(2/\alpha)}{n}} - \frac{7 b \ln(2/\alpha)}{3(n - 1)}
+
+    (Maurer and Pontil 2009, Theorem 4 [maurer2009empirical]; the same for the upper bound).
+    Unlike Hoeffding's bound it shrinks with the variance, which is what a base classifier with a
+    small Lipschitz constant and a large margin buys under noise [delattre2024lipschitz].
+
+    Args:
+        variance: sample variances, any shape, each >= 0.
+        n: number of samples, >= 2.
+        alpha: failure probability of each bound, in (0, 1).
+        value_range: :math:`b`, the length of the interval holding the variables.
+
+    Returns:
+        The half-widths, the shape of ``variance``.
+    """
+    n = _check_int(n, "n", 2)
+    alpha = _check_alpha(alpha)
+    log_term = math.log(2 / alpha)
+    return torch.sqrt(2 * variance.clamp_min(0) * log_term / n) + 7 * value_range * log_term / (3 * (n - 1))
+
+
+def max_certifiable_radius(sigma: float, n: int, alpha: float) -> float:
+    r"""The largest radius :meth:`Smooth.certify` can return with ``n`` samples at level ``alpha``.
+
+    Even when every noisy sample votes for the top class, the Clopper-Pearson bound is
+    :math:`\alpha^{1/n}`, so the radius never exceeds :math:`\sigma\,\Phi^{-1}(\alpha^{1/n})`
+    [cohen2019certified]: to certify twice as far one needs far more than twice the samples.
+    """
+    sigma, n, alpha = _check_sigma(sigma), _check_int(n, "n"), _check_alpha(alpha)
+    return sigma * float(stats.norm.ppf(alpha ** (1 / n)))
+
+
+# --------------------------------------------------------------------------- maps to the simplex
+
+
+def sparsemax(z: Tensor, dim: int = -1) -> Tensor:
+    r"""Euclidean projection of ``z`` onto the probability simplex along ``dim``.
+
+    :math:`\operatorname{sparsemax}(z) = \arg\min_{p \in \Delta} \|p - z\|_2`
+    [martins2016softmax]: :math:`p_i = \max(z_i - \tau, 0)` with the threshold :math:`\tau`
+    chosen so that the entries sum to 1. Unlike softmax it returns exact zeros, so a confident
+    base classifier gives the same vector under most noise draws: a small variance.
+    """
+    z = z.transpose(dim, -1)
+    sorted_z = z.sort(dim=-1, descending=True).values
+    k = torch.arange(1, z.shape[-1] + 1, device=z.device, dtype=z.dtype)
+    cumulative = sorted_z.cumsum(-1)
+    support = (1 + k * sorted_z) > cumulative
+    support_size = support.sum(-1, keepdim=True)
+    tau = (cumulative.gather(-1, support_size - 1) - 1) / support_size.to(z.dtype)
+    return (z - tau).clamp_min(0).transpose(dim, -1)
+
+
+def simplex_map(logits: Tensor, kind: str = "softmax", temperature: float = 1.0) -> Tensor:
+    r"""Map logits ``(N, C)`` to points of the probability simplex ``(N, C)``.
+
+    ``"softmax"``: :math:`\operatorname{softmax}(z / T)`; ``"sparsemax"``:
+    :math:`\operatorname{sparsemax}(z / T)`; ``"hardmax"``: the one-hot vector of the arg max
+    (what Cohen et al.'s vote counting averages). A lower temperature pushes every map towards
+    the one-hot vote; a higher one lowers the variance under noise but also the margin: the
+    variance-margin trade-off of [delattre2024lipschitz].
+    """
+    kind, temperature = _check_map(kind, temperature)
+    if kind == "hardmax":
+        return nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).to(logits.dtype)
+    scaled = logits / temperature
+    return scaled.softmax(-1) if kind == "softmax" else sparsemax(scaled)
+
+
+# --------------------------------------------------------------------------- the smoothed classifier
+
+
+class Smooth:
+    r"""A base classifier smoothed by Gaussian noise: :math:`g(x) = \arg\max_c \mathbb{P}(f(x + \delta) = c)`.
+
+    Cohen et al.'s theorem [cohen2019certified]: if :math:`\mathbb{P}(f(x + \delta) = c_A) \ge
+    \underline{p_A} \ge \overline{p_B} \ge \max_{c \ne c_A} \mathbb{P}(f(x + \delta) = c)` then
+    :math:`g(x + \varepsilon) = c_A` for every :math:`\|\varepsilon\|_2 < \frac{\sigma}{2}
+    (\Phi^{-1}(\underline{p_A}) - \Phi^{-1}(\overline{p_B}))`; with :math:`\overline{p_B} = 1 -
+    \underline{p_A}` this is :math:`\sigma\,\Phi^{-1}(\underline{p_A})`. The proof rests on the
+    fact that :math:`x \mapsto \Phi^{-1}(\mathbb{E} h(x + \delta))` is :math:`1/\sigma`-Lipschitz
+    for any :math:`h` with values in [0, 1] [salman2019provably].
+
+    Noise is drawn in batches of ``batch_size`` copies of one input; only the counts (or sums)
+    leave the device, so certifying costs the forward passes and little else. The noise lives on
+    the device and in the dtype of the base model's parameters (the input's when it has none).
+
+    Args:
+        base: a module mapping ``(B, *input_shape)`` to logits ``(B, num_classes)``; it is put in
+            eval mode when sampling.
+        num_classes: :math:`C >= 2`.
+        sigma: the noise level :math:`\sigma > 0`, in input units.
+    """
+
+    def __init__(self, base: nn.Module, num_classes: int, sigma: float) -> None:
+        if not isinstance(base, nn.Module):
+            raise TypeError(f"base must be a torch.nn.Module, got {type(base).__name__}")
+        self.base = base
+        self.num_classes = _check_int(num_classes, "num_classes", 2)
+        self.sigma = _check_sigma(sigma)
+
+    def __repr__(self) -> str:
+        return f"Smooth(base={type(self.base).__name__}, num_classes={self.num_classes}, sigma={self.sigma})"
+
+    # ----------------------------------------------------------------- sampling
+
+    def _placement(self, x: Tensor) -> tuple[torch.device, torch.dtype]:
+        for p in self.base.parameters():
+            return p.device, (p.dtype if p.is_floating_point() else x.dtype)
+        return x.device, x.dtype
+
+    def _noisy_logits(self, x: Tensor, num: int, batch_size: int, generator, progress: bool = False,
+                      batched: bool = False):
+        """Yield the base logits ``(b, C)`` of ``num`` noisy copies of ``x``, ``b <= batch_size``
+        (with ``batched``, ``x`` is already a batch: one pass over ``x + noise``)."""
+        if not isinstance(x, Tensor):
+            raise TypeError(f"x must be a tensor (one input, without a batch dimension), got {type(x).__name__}")
+        device, dtype = self._placement(x)
+        x = x.to(device=device, dtype=dtype)
+        noise_device = generator.device if generator is not None else device
+        shape = tuple(x.shape) if batched else (min(batch_size, num), *x.shape)
+        buffer = torch.empty(shape, device=noise_device, dtype=dtype)
+        was_training = self.base.training
+        if was_training:
+            self.base.eval()
+        bar = tqdm(total=num, disable=not progress, desc="noise samples", leave=False)
+        try:
+            with torch.inference_mode():
+                remaining = num
+                while remaining > 0:
+                    b = min(batch_size, remaining)
+                    noise = (buffer if batched else buffer[:b]).normal_(0.0, self.sigma, generator=generator)
+                    noise = noise.to(device)
+                    logits = self.base(noise.add_(x) if noise_device == device else noise + x)
+                    rows = len(noise)
+                    if logits.ndim != 2 or logits.shape != (rows, self.num_classes):
+                        raise ValueError(
+                            f"base must return logits of shape (batch, num_classes={self.num_classes}) for inputs "
+                            f"of shape {tuple(noise.shape)}, got {tuple(logits.shape)}"
+                        )
+                    yield logits
+                    remaining -= b
+                    bar.update(b)
+        finally:
+            bar.close()
+            if was_training:
+                self.base.train()
+
+    def sample_counts(
+        self, x: Tensor, num: int, batch_size: int, *, generator: torch.Generator | None = None, progress: bool = False
+    ) -> Tensor:
+        """Votes of the base classifier over ``num`` noisy copies of ``x``: an int64 tensor ``(C,)``."""
+        num, batch_size = _check_int(num, "num"), _check_int(batch_size, "batch_size")
+        _check_generator(generator)
+        counts = None
+        for logits in self._noisy_logits(x, num, batch_size, generator, progress):
+            votes = torch.bincount(logits.argmax(1), minlength=self.num_classes)
+            counts = votes if counts is None else counts + votes
+        return counts.cpu()
+
+    def vote_frequencies(
+        self, x: Tensor, n: int, batch_size: int, *, generator: torch.Generator | None = None, progress: bool = False
+    ) -> Tensor:
+        r"""Monte Carlo estimates of :math:`\mathbb{P}(f(x_i + \delta) = c)` for a batch of inputs.
+
+        The smoothed classifier's soft output at many points at once (decision-region plots,
+        the Weierstrass transform of the base classifier's indicator functions): ``n`` noisy
+        copies of each point, several points per forward pass when ``n < batch_size``.
+
+        Args:
+            x: inputs ``(N, *input_shape)``.
+            n: noise samples per point, >= 1. batch_size: noisy inputs per forward pass, >= 1.
+
+        Returns:
+            Frequencies ``(N, num_classes)``, float64, each row summing to 1.
+        """
+        n, batch_size = _check_int(n, "n"), _check_int(batch_size, "batch_size")
+        _check_generator(generator)
+        if not isinstance(x, Tensor) or x.ndim < 1 or len(x) == 0:
+            raise ValueError("x must be a non-empty tensor of inputs (N, *input_shape)")
+        if n > batch_size:
+            rows = [self.sample_counts(p, n, batch_size, generator=generator) for p in tqdm(x, disable=not progress)]
+            return torch.stack(rows).double() / n
+        per_pass = batch_size // n
+        rows = []
+        for start in tqdm(range(0, len(x), per_pass), disable=not progress, desc="points", leave=False):
+            chunk = x[start : start + per_pass]
+            k = len(chunk)
+            repeated = chunk.repeat_interleave(n, dim=0)
+            logits = next(self._noisy_logits(repeated, 1, 1, generator, batched=True))
+            index = logits.argmax(1) + self.num_classes * torch.arange(k, device=logits.device).repeat_interleave(n)
+            rows.append(torch.bincount(index, minlength=k * self.num_classes).reshape(k, self.num_classes).cpu())
+        return torch.cat(rows).double() / n
+
+    # ----------------------------------------------------------------- Cohen et al.
+
+    def predict(
+        self,
+        x: Tensor,
+        n: int,
+        alpha: float,
+        batch_size: int,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> int:
+        r"""The smoothed prediction at ``x``, or :data:`ABSTAIN` (-1) when it is not significant.
+
+        Draws ``n`` noisy samples and returns the top class :math:`c_A` when a two-sided binomial
+        test of :math:`n_A` against :math:`n_A + n_B` at level 1/2 rejects equality at level
+        ``alpha`` (``scipy.stats.binomtest``); then :math:`c_A = g(x)` with probability at least
+        :math:`1 - \alpha` (Cohen et al., Theorem 2). Near a decision boundary it abstains.
+
+        Args:
+            x: one input, shape ``input_shape`` (no batch dimension).
+            n: number of noise samples, >= 1.
+            alpha: the probability of returning a wrong class, in (0, 1).
+            batch_size: noisy copies per forward pass, >= 1.
+            generator: the source of the noise (its device is where noise is drawn).
+        """
+        n, alpha, batch_size = _check_int(n, "n"), _check_alpha(alpha), _check_int(batch_size, "batch_size")
+        counts = self.sample_counts(x, n, batch_size, generator=generator)
+        top2 = counts.topk(2)
+        n_a, n_b = int(top2.values[0]), int(top2.values[1])
+        if stats.binomtest(n_a, n_a + n_b, 0.5).pvalue > alpha:
+            return ABSTAIN
+        return int(top2.indices[0])
+
+    def certify(
+        self,
+        x: Tensor,
+        n0: int,
+        n: int,
+        alpha: float,
+        batch_size: int,
+        *,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+    ) -> tuple[int, float]:
+        r"""Certify the smoothed prediction at ``x``: ``(class, radius)`` or ``(ABSTAIN, 0.0)``.
+
+        ``n0`` samples choose the top class :math:`\hat c_A`; ``n`` fresh samples count its votes
+        :math:`n_A`; :math:`\underline{p_A}` is the one-sided Clopper-Pearson bound at level
+        ``alpha`` (:func:`clopper_pearson_lower`). If :math:`\underline{p_A} > 1/2` the result is
+        :math:`(\hat c_A, \sigma\,\Phi^{-1}(\underline{p_A}))`, and with probability at least
+        :math:`1 - \alpha` the smoothed classifier is :math:`\hat c_A` on the whole L2 ball of that
+        radius [cohen2019certified]. The radius is at most :func:`max_certifiable_radius`.
+
+        Args:
+            x: one input, shape ``input_shape`` (no batch dimension).
+            n0: selection samples, >= 1. n: estimation samples, >= 1.
+            alpha: failure probability, in (0, 1).
+            batch_size: noisy copies per forward pass, >= 1.
+            generator: the source of the noise. progress: a bar over the ``n`` samples.
+        """
+        n0, n = _check_int(n0, "n0"), _check_int(n, "n")
+        alpha, batch_size = _check_alpha(alpha), _check_int(batch_size, "batch_size")
+        c_hat = int(self.sample_counts(x, n0, batch_size, generator=generator).argmax())
+        n_a = int(self.sample_counts(x, n, batch_size, generator=generator, progress=progress)[c_hat])
+        p_lower = clopper_pearson_lower(n_a, n, alpha)
+        if p_lower <= 0.5:
+            return ABSTAIN, 0.0
+        return c_hat, self.sigma * float(stats.norm.ppf(p_lower))
+
+    # ----------------------------------------------------------------- Lipschitz-variance-margin
+
+    def certify_lvm(
+        self,
+        x: Tensor,
+        n0: int,
+        n: int,
+        alpha: float,
+        batch_size: int,
+        *,
+        maps: Sequence[tuple[str, float]] = (("softmax", 1.0),),
+        bound: str = "gaussian",
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+    ) -> tuple[int, float]:
+        r"""Certify by averaging simplex-valued outputs with empirical Bernstein bounds.
+
+        The smoothed map :math:`F(x) = \mathbb{E}\,\phi(f(x + \delta))`, with :math:`\phi` a map
+        of the logits to the simplex (:func:`simplex_map`: softmax or sparsemax at temperature
+        :math:`T`, or the hard vote), is estimated from ``n`` samples. For the class
+        :math:`\hat c_A` chosen on ``n0`` separate samples, a lower bound :math:`\underline{p_A}`
+        of :math:`F_{A}` and upper bounds of every other :math:`F_j` come from the empirical
+        Bernstein inequality (:func:`empirical_bernstein_radius`; a union bound over the
+        :math:`C` classes, so each has level :math:`\alpha / C`); :math:`\overline{p_B}` is the
+        smaller of the largest upper bound and :math:`1 - \underline{p_A}`.
+        Delattre et al. [delattre2024lipschitz] show that the variance of :math:`\phi(f(x +
+        \delta))` shrinks with the base classifier's Lipschitz constant and margin, and a small
+        variance makes these bounds tight.
+
+        The radius (``bound``):
+
+        * ``"gaussian"``: :math:`\frac{\sigma}{2}(\Phi^{-1}(\underline{p_A}) -
+          \Phi^{-1}(\overline{p_B}))`, valid because :math:`\Phi^{-1} \circ F_j` is
+          :math:`1/\sigma`-Lipschitz for maps into [0, 1] [salman2019provably];
+        * ``"lipschitz"``: the margin certificate of a Lipschitz map,
+          :math:`(\underline{p_A} - \overline{p_B}) / (\sqrt{2} L)` with
+          :math:`L = 1 / (\sigma\sqrt{\pi})`, the L2 Lipschitz constant of any Gaussian-smoothed
+          map into the simplex; it equals the first one to first order near
+          :math:`p = 1/2` and is never larger.
+
+        Choosing among several ``maps`` (kinds and temperatures) after seeing the samples is a
+        multiple test: each candidate is certified at level :math:`\alpha / m` for :math:`m`
+        candidates and the largest radius is returned, so the guarantee (probability at least
+        :math:`1 - \alpha` that the returned radius is valid) survives the selection. One map
+        costs nothing; ten maps cost a factor 10 in :math:`\alpha`.
+
+        Args:
+            x, n0, n, alpha, batch_size, generator, progress: as :meth:`certify` (``n >= 2``).
+            maps: ``(kind, temperature)`` pairs, ``kind`` in ``"softmax"``, ``"sparsemax"``,
+                ``"hardmax"``.
+            bound: ``"gaussian"`` or ``"lipschitz"``.
+
+        Returns:
+            ``(class, radius)``, or ``(ABSTAIN, 0.0)`` when no candidate certifies a positive radius.
+        """
+        n0, n = _check_int(n0, "n0"), _check_int(n, "n", 2)
+        alpha, batch_size = _check_alpha(alpha), _check_int(batch_size, "batch_size")
+        if bound not in _BOUNDS:
+            raise ValueError(f"bound must be one of {_BOUNDS}, got {bound!r}")
+        if isinstance(maps, (str, tuple)) and len(maps) == 2 and isinstance(maps[0], str):
+            maps = (maps,)
+        maps = [_check_map(*m) if isinstance(m, (tuple, list)) and len(m) == 2 else None for m in maps]
+        if not maps or any(m is None for m in maps):
+            raise ValueError("maps must be a non-empty sequence of (kind, temperature) pairs")
+        _check_generator(generator)
+        c_hat = int(self.sample_counts(x, n0, batch_size, generator=generator).argmax())
+        sums = torch.zeros(len(maps), self.num_classes, dtype=torch.float64)
+        squares = torch.zeros_like(sums)
+        for logits in self._noisy_logits(x, n, batch_size, generator, progress):
+            outputs = torch.stack([simplex_map(logits, kind, t) for kind, t in maps]).double()
+            sums += outputs.sum(1).cpu()
+            squares += outputs.square().sum(1).cpu()
+        means = sums / n
+        variances = ((squares - n * means.square()) / (n - 1)).clamp_min(0)
+        level = alpha / (len(maps) * self.num_classes)
+        half = empirical_bernstein_radius(variances, n, level)
+        p_a = (means[:, c_hat] - half[:, c_hat]).clamp(0, 1)
+        upper = (means + half).clamp(0, 1)
+        upper[:, c_hat] = -1.0
+        p_b = torch.minimum(upper.max(1).values, 1 - p_a)
+        if bound == "gaussian":
+            radius = self.sigma / 2 * (_probit(p_a) - _probit(p_b))
+        else:
+            radius = (p_a - p_b) * self.sigma * math.sqrt(math.pi / 2)
+        best = float(radius.max())
+        if not best > 0:
+            return ABSTAIN, 0.0
+        return c_hat, best
+
+
+def _probit(p: Tensor) -> Tensor:
+    """Phi^{-1}, in float64, with Phi^{-1}(0) = -inf and Phi^{-1}(1) = inf."""
+    return torch.special.ndtri(p.double())
+
+
+# --------------------------------------------------------------------------- data sets
+
+
+@dataclass
+class SmoothingResult:
+    """Certificates of a smoothed classifier on a data set.
+
+    Attributes:
+        predictions: ``(N,)`` int64, the certified class or -1 (abstain).
+        labels: ``(N,)`` int64.
+        radii: ``(N,)`` float64, the certified L2 radius (0 on abstention).
+        sigma, n, alpha: the settings the certificates hold for.
+    """
+
+    predictions: Tensor
+    labels: Tensor
+    radii: Tensor
+    sigma: float
+    n: int
+    alpha: float
+
+    @property
+    def correct(self) -> Tensor:
+        """Boolean ``(N,)``: certified and equal to the label."""
+        return self.predictions == self.labels
+
+    def certified_accuracy(self, eps: float | Sequence[float] | Tensor) -> float | Tensor:
+        r"""Fraction of points predicted correctly with a radius of at least ``eps``.
+
+        A float for a float ``eps``, a float64 tensor for a sequence (a certified accuracy curve).
+        Radii equal to ``eps`` count: Cohen's certificate holds on the closed ball too.
+        """
+        grid = torch.as_tensor(eps, dtype=torch.float64)
+        if grid.ndim > 1 or bool((grid < 0).any()) or bool(torch.isnan(grid).any()):
+            raise ValueError(f"eps must be a number >= 0 or a 1-D sequence of them, got {eps!r}")
+        ok = self.correct.unsqueeze(0) & (self.radii.unsqueeze(0) >= grid.reshape(-1, 1))
+        accuracy = ok.double().mean(1)
+        return float(accuracy[0]) if grid.ndim == 0 else accuracy
+
+    def average_certified_radius(self) -> float:
+        """ACR: the mean over all points of the radius when correct and 0 otherwise."""
+        return float(torch.where(self.correct, self.radii, 0.0).mean())
+
+    def abstention_rate(self) -> float:
+        return float((self.predictions == ABSTAIN).double().mean())
+
+
+def certify_dataset(
+    smooth: Smooth,
+    data,
+    *,
+    n0: int,
+    n: int,
+    alpha: float,
+    batch_size: int,
+    method: str = "cohen",
+    max_points: int | None = None,
+    generator: torch.Generator | None = None,
+    progress: bool = True,
+    **lvm_options,
+) -> SmoothingResult:
+    """Certify every point of a data set with :meth:`Smooth.certify` (``method="cohen"``) or
+    :meth:`Smooth.certify_lvm` (``method="lvm"``; ``lvm_options`` go to it).
+
+    Args:
+        smooth: the smoothed classifier.
+        data: a Dataset, a DataLoader or an ``(inputs, labels)`` pair of tensors.
+        n0, n, alpha, batch_size: as :meth:`Smooth.certify`.
+        max_points: certify only the first ``max_points`` points.
+        generator: the source of the noise. progress: a bar over the points.
+
+    Returns:
+        A :class:`SmoothingResult`.
+    """
+    if not isinstance(smooth, Smooth):
+        raise TypeError(f"smooth must be a Smooth, got {type(smooth).__name__}")
+    if method not in ("cohen", "lvm"):
+        raise ValueError(f"method must be 'cohen' or 'lvm', got {method!r}")
+    if lvm_options and method != "lvm":
+        raise ValueError(f"options {sorted(lvm_options)} apply only to method='lvm'")
+    if max_points is not None:
+        _check_int(max_points, "max_points")
+    predictions, labels, radii = [], [], []
+    total = max_points if max_points is not None else (len(data[0]) if isinstance(data, tuple) else None)
+    bar = tqdm(total=total, disable=not progress, desc=f"certify ({method})")
+    for xb, yb in batches(data, batch_size=64):
+        for x, y in zip(xb, yb):
+            if max_points is not None and len(labels) >= max_points:
+                break
+            if method == "cohen":
+                c, r = smooth.certify(x, n0, n, alpha, batch_size, generator=generator)
+            else:
+                c, r = smooth.certify_lvm(x, n0, n, alpha, batch_size, generator=generator, **lvm_options)
+            predictions.append(c)
+            labels.append(int(y))
+            radii.append(r)
+            bar.update(1)
+        if max_points is not None and len(labels) >= max_points:
+            break
+    bar.close()
+    return SmoothingResult(
+        predictions=torch.tensor(predictions, dtype=torch.int64),
+        labels=torch.tensor(labels, dtype=torch.int64),
+        radii=torch.tensor(radii, dtype=torch.float64),
+        sigma=smooth.sigma,
+        n=n,
+        alpha=alpha,
+    )
+
+
+# --------------------------------------------------------------------------- training
+
+
+class GaussianNoise(nn.Module):
+    r"""Adds :math:`\mathcal{N}(0, \sigma^2 I)` noise to its input in training mode; the identity in eval mode.
+
+    Put it in front of a base classifier (``nn.Sequential(GaussianNoise(sigma), model)``) to train
+    with Gaussian data augmentation, which Cohen et al. [cohen2019certified] found necessary for
+    the smoothed classifier to be accurate: the base model must classify noisy inputs well.
+    Train with the same ``sigma`` that certification will use.
+
+    Args:
+        sigma: the noise level, > 0.
+        generator: an optional source of the noise (on the inputs' device).
+    """
+
+    def __init__(self, sigma: float, *, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        self.sigma = _check_sigma(sigma)
+        self.generator = _check_generator(generator)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training:
+            return x
+        noise = torch.empty_like(x).normal_(0.0, self.sigma, generator=self.generator)
+        return x + noise
+
+    def extra_repr(self) -> str:
+        return f"sigma={self.sigma}"
