@@ -4,7 +4,7 @@ The package behind the StabilityLab book: Lipschitz bounds and spectral norms, 1
 layers and certificates, randomized smoothing, and curvature analysis, for PyTorch.
 
 Modules (one per technique): ``data``, ``models``, ``train``, ``attacks``, ``curvature``,
-``spectral``, ``lipschitz``, ``layers``, ``smoothing``, ``plot``, ``timing`` and ``book`` (the chapter runner).
+``spectral``, ``lipschitz``, ``layers``, ``losses``, ``certify``, ``smoothing``, ``plot``, ``timing`` and ``book`` (the chapter runner).
 """
 
 __version__ = "0.1.0"
@@ -12,10 +12,12 @@ __version__ = "0.1.0"
 from stabilitylab import (
     attacks,
     book,
+    certify,
     curvature,
     data,
     layers,
     lipschitz,
+    losses,
     models,
     plot,
     smoothing,
@@ -30,10 +32,12 @@ __all__ = [
     "__version__",
     "attacks",
     "book",
+    "certify",
     "curvature",
     "data",
     "layers",
     "lipschitz",
+    "losses",
     "models",
     "plot",
     "smoothing",

@@ -135,14 +135,14 @@ def decision_boundary(
     """Decision regions of a 2-D classifier with the data on top.
 
     Args:
-        model: maps ``(N, 2)`` to logits ``(N, C)``.
+        model: maps ``(N, 2)`` to logits ``(N, C)`` (or scores whose arg max is the class).
         x: ``(N, 2)`` points; y: ``(N,)`` labels.
         resolution: grid points per axis; margin: padding around the data.
     """
     if x.ndim != 2 or x.shape[1] != 2:
         raise ValueError(f"x must have shape (N, 2), got {tuple(x.shape)}")
     ax = ax or figure()[1]
-    device = device or next(model.parameters()).device
+    device = device or next(iter(model.parameters()), torch.empty(0)).device
     lo = x.min(0).values - margin
     hi = x.max(0).values + margin
     gx, gy = torch.meshgrid(

@@ -37,6 +37,7 @@ from scipy import stats
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from stabilitylab.certify import _eps_list, accuracy_curve
 from stabilitylab.train import batches
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "Smooth",
     "SmoothingResult",
     "GaussianNoise",
+    "SmoothedFrequencies",
     "certify_dataset",
     "clopper_pearson_lower",
     "empirical_bernstein_radius",
@@ -494,6 +496,29 @@ def _probit(p: Tensor) -> Tensor:
     return torch.special.ndtri(p.double())
 
 
+class SmoothedFrequencies(nn.Module):
+    """The smoothed classifier's estimated class probabilities as a module, ``(N, *input_shape)
+    -> (N, C)`` (:meth:`Smooth.vote_frequencies`), so that plots made for logits (e.g.
+    :func:`stabilitylab.plot.decision_boundary`) draw the smoothed classifier's regions.
+
+    Args:
+        smooth: the smoothed classifier. n: noise samples per input.
+        batch_size: noisy inputs per forward pass. generator: the source of the noise.
+    """
+
+    def __init__(self, smooth: Smooth, n: int, *, batch_size: int = 65536,
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        if not isinstance(smooth, Smooth):
+            raise TypeError(f"smooth must be a Smooth, got {type(smooth).__name__}")
+        self.smooth = smooth
+        self.n, self.batch_size = _check_int(n, "n"), _check_int(batch_size, "batch_size")
+        self.generator = _check_generator(generator)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.smooth.vote_frequencies(x, self.n, self.batch_size, generator=self.generator).to(x.dtype)
+
+
 # --------------------------------------------------------------------------- data sets
 
 
@@ -521,17 +546,16 @@ class SmoothingResult:
         return self.predictions == self.labels
 
     def certified_accuracy(self, eps: float | Sequence[float] | Tensor) -> float | Tensor:
-        r"""Fraction of points predicted correctly with a radius of at least ``eps``.
+        r"""Fraction of points predicted correctly with a radius larger than ``eps``.
 
-        A float for a float ``eps``, a float64 tensor for a sequence (a certified accuracy curve).
-        Radii equal to ``eps`` count: Cohen's certificate holds on the closed ball too.
+        A float for a number ``eps``, a float64 tensor for a sequence or array (a certified
+        accuracy curve), with the convention of :func:`stabilitylab.certify.accuracy_curve`
+        (strict inequality; at ``eps = 0`` the accuracy of the smoothed classifier, abstentions
+        counting as errors).
         """
-        grid = torch.as_tensor(eps, dtype=torch.float64)
-        if grid.ndim > 1 or bool((grid < 0).any()) or bool(torch.isnan(grid).any()):
-            raise ValueError(f"eps must be a number >= 0 or a 1-D sequence of them, got {eps!r}")
-        ok = self.correct.unsqueeze(0) & (self.radii.unsqueeze(0) >= grid.reshape(-1, 1))
-        accuracy = ok.double().mean(1)
-        return float(accuracy[0]) if grid.ndim == 0 else accuracy
+        values, scalar = _eps_list(eps)
+        curve = accuracy_curve(torch.where(self.correct, self.radii, 0.0), values)
+        return float(curve[0]) if scalar else curve
 
     def average_certified_radius(self) -> float:
         """ACR: the mean over all points of the radius when correct and 0 otherwise."""
