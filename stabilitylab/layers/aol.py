@@ -1,0 +1,173 @@
+r"""Almost-orthogonal layers (AOL) [prach2022almost]: a diagonal rescaling that certifies 1-Lipschitz.
+
+**Theorem** (Prach & Lampert, Theorem 1). For :math:`W \in \mathbb{R}^{m \times n}` and
+:math:`D = \operatorname{diag}(d)` with :math:`d_i = (\sum_j |W^\top W|_{ij})^{-1/2}`,
+:math:`\|W D\|_2 \le 1`.
+
+*Proof idea.* :math:`\|WD\|_2^2 = \lambda_{\max}(D W^\top W D)`, and
+:math:`I - D W^\top W D = D (D^{-2} - W^\top W) D` where :math:`D^{-2} - W^\top W` is
+diagonally dominant with a nonnegative diagonal (its diagonal is :math:`\sum_j |W^\top W|_{ij}
+- (W^\top W)_{ii} \ge \sum_{j \ne i} |W^\top W|_{ij}`), hence positive semidefinite
+(Gershgorin). The rescaling costs one Gram matrix, no iteration, and leaves an orthogonal
+:math:`W` unchanged (then :math:`D = I`), which is why AOL layers start almost orthogonal.
+
+For a convolution the same argument runs on the operator: its Gram operator is the
+convolution by the autocorrelation :math:`K^\top \star K`,
+:math:`(K^\top \star K)_{ij}[\delta] = \sum_{o, p} K_{oi}[p] K_{oj}[p + \delta]`
+(shape ``(c_in, c_in, 2 kh - 1, 2 kw - 1)``), so the row sums of its absolute entries are
+:math:`\sum_{j, \delta} |K^\top \star K|_{ij}[\delta]` (Theorem 2 of the paper). For circular
+padding this is exact (aliased offsets only lower the sums); a zero-padded or strided
+convolution is a restriction :math:`P C E` of a circular one on a larger grid, with
+:math:`\|P C E D\| \le \|C D\|` because the channel scaling commutes with the embedding
+:math:`E`. So the rescaled kernel is 1-Lipschitz for zero and circular padding and any stride.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from stabilitylab.layers.dense import (
+    _check_int,
+    _check_padding_mode,
+    _conv_with,
+    _linear_with,
+    _pad_input,
+    _pair,
+)
+
+__all__ = ["AOLLinear", "AOLConv2d", "aol_scaling", "kernel_autocorrelation"]
+
+
+def aol_scaling(gram: Tensor) -> Tensor:
+    r"""The AOL rescaling :math:`d_i = (\sum_j |G_{ij}|)^{-1/2}` of a Gram matrix ``(n, n)``
+    (``gram`` may also be a stack ``(n, n, *)`` whose trailing dimensions are summed too, as
+    for the autocorrelation of a kernel). A zero row (a zero column of :math:`W`) gets a
+    finite scale, which multiplies zeros."""
+    sums = gram.abs().flatten(1).sum(dim=1)
+    return sums.clamp_min(torch.finfo(sums.dtype).tiny).rsqrt()
+
+
+def kernel_autocorrelation(kernel: Tensor) -> Tensor:
+    r"""The kernel of the Gram operator of a convolution: for ``kernel`` ``(c_out, c_in, kh, kw)``
+    (cross-correlation, as ``nn.Conv2d``), :math:`A_{ij}[\delta] = \sum_{o,p} K_{oi}[p]
+    K_{oj}[p + \delta]`, shape ``(c_in, c_in, 2 kh - 1, 2 kw - 1)``, offset 0 at the centre."""
+    kh, kw = kernel.shape[-2:]
+    by_input = kernel.transpose(0, 1)  # (c_in, c_out, kh, kw): batch i, channels o
+    return F.conv2d(by_input, by_input, padding=(kh - 1, kw - 1)).transpose(0, 1)
+
+
+class AOLLinear(nn.Linear):
+    r"""Almost-orthogonal linear layer [prach2022almost]: :math:`x \mapsto W D x + b`.
+
+    :math:`W` is the trainable weight and :math:`D = \operatorname{diag}
+    ((\sum_j |W^\top W|_{ij})^{-1/2})`, which makes :math:`\|WD\|_2 \le 1` for every :math:`W`
+    (see the module docstring for the proof), so the layer is 1-Lipschitz; :math:`D = I` when
+    :math:`W` has orthonormal columns (the orthogonal initialization when
+    ``out_features >= in_features``), so such a layer starts as an isometry.
+
+    Shapes: ``(*, in_features) -> (*, out_features)``.
+
+    Args:
+        in_features, out_features, bias, device, dtype: as :class:`torch.nn.Linear`.
+    """
+
+    lipschitz_constant = 1.0
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, device=None, dtype=None) -> None:
+        _check_int(in_features, "in_features", 1)
+        _check_int(out_features, "out_features", 1)
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        nn.init.orthogonal_(self.weight)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def normalized_weight(self) -> Tensor:
+        """The weight applied, :math:`W D`, shape ``(out_features, in_features)``."""
+        W = self.weight
+        return W * aol_scaling(W.mT @ W)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.normalized_weight(), self.bias)
+
+    @torch.no_grad()
+    def export_module(self) -> nn.Linear:
+        """A plain ``nn.Linear`` with frozen copies of :math:`WD` and the bias."""
+        return _linear_with(self.normalized_weight(), self.bias)
+
+
+class AOLConv2d(nn.Conv2d):
+    r"""Almost-orthogonal convolution [prach2022almost]: the kernel rescaled per input channel.
+
+    The kernel applied is :math:`K_{:, i} d_i` with
+    :math:`d_i = (\sum_{j, \delta} |K^\top \star K|_{ij}[\delta])^{-1/2}` (see
+    :func:`kernel_autocorrelation`), which bounds the norm of the convolution operator by 1 for
+    zero and circular padding, any stride and any image size (module docstring), so the layer
+    is 1-Lipschitz and its exported ``nn.Conv2d`` is valid on every size.
+
+    Shapes: ``(N, in_channels, H, W) -> (N, out_channels, H', W')`` as ``nn.Conv2d``.
+
+    Args:
+        in_channels, out_channels, kernel_size, stride, bias: as :class:`torch.nn.Conv2d`.
+        padding: int or pair; None (the default): ``kernel_size // 2``. With circular padding
+            at most ``(kernel_size - 1) // 2`` (more would repeat output rows).
+        padding_mode: ``"zeros"`` or ``"circular"``.
+        device, dtype: as :class:`torch.nn.Conv2d`.
+
+    Raises:
+        ValueError: bad sizes, padding or padding mode.
+    """
+
+    lipschitz_constant = 1.0
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] | None = None,
+        bias: bool = True,
+        *,
+        padding_mode: str = "zeros",
+        device=None,
+        dtype=None,
+    ) -> None:
+        _check_int(in_channels, "in_channels", 1)
+        _check_int(out_channels, "out_channels", 1)
+        kernel_size = _pair(kernel_size, "kernel_size", 1)
+        stride = _pair(stride, "stride", 1)
+        padding_mode = _check_padding_mode(padding_mode)
+        pad = (kernel_size[0] // 2, kernel_size[1] // 2) if padding is None else _pair(padding, "padding", 0)
+        if padding_mode == "circular" and (2 * pad[0] > kernel_size[0] - 1 or 2 * pad[1] > kernel_size[1] - 1):
+            raise ValueError(
+                f"circular padding must be at most (kernel_size - 1) // 2 = "
+                f"{((kernel_size[0] - 1) // 2, (kernel_size[1] - 1) // 2)}, got {padding!r}"
+            )
+        super().__init__(
+            in_channels, out_channels, kernel_size, stride=stride, padding=pad, bias=bias,
+            padding_mode=padding_mode, device=device, dtype=dtype,
+        )
+        with torch.no_grad():  # a Dirac kernel (orthogonal channel mixing at the centre tap)
+            self.weight.zero_()
+            centre = torch.empty(out_channels, in_channels, device=self.weight.device, dtype=self.weight.dtype)
+            nn.init.orthogonal_(centre)
+            self.weight[:, :, kernel_size[0] // 2, kernel_size[1] // 2] = centre
+            self.weight.add_(1e-2 * torch.randn_like(self.weight))
+            if self.bias is not None:
+                self.bias.zero_()
+
+    def normalized_weight(self) -> Tensor:
+        """The kernel applied, ``(out_channels, in_channels, kh, kw)``."""
+        scale = aol_scaling(kernel_autocorrelation(self.weight))
+        return self.weight * scale[None, :, None, None]
+
+    def forward(self, x: Tensor) -> Tensor:
+        x, pad = _pad_input(x, self.padding, self.padding_mode)
+        return F.conv2d(x, self.normalized_weight(), self.bias, self.stride, pad)
+
+    @torch.no_grad()
+    def export_module(self) -> nn.Conv2d:
+        """A plain ``nn.Conv2d`` (same geometry) with frozen copies of the rescaled kernel."""
+        return _conv_with(self, self.normalized_weight())
