@@ -68,6 +68,7 @@ __all__ = [
     "upper_bound",
     "pairwise_logit_bound",
     "lower_bound",
+    "jacobian_singular_values",
     "report",
 ]
 
@@ -989,6 +990,28 @@ def _jacobian_norms(f1: Callable[[Tensor], Tensor], X: Tensor, generator) -> tup
         V = V / torch.linalg.vector_norm(V, dim=1, keepdim=True).clamp_min(1e-300)
     norms = torch.linalg.vector_norm(torch.func.vmap(jv)(X, V), dim=1)
     return norms.detach(), V.detach()
+
+
+def jacobian_singular_values(fn: Callable[[Tensor], Tensor] | nn.Module, x: Tensor) -> Tensor:
+    r"""Singular values of the Jacobian of ``fn`` at one input: the local Lipschitz picture.
+
+    For a module or function mapping a batch ``(B, *input_shape)`` to ``(B, *output_shape)``,
+    returns the singular values, in descending order, of the Jacobian of
+    :math:`v \mapsto fn(v[None])[0]` at ``x`` (shape ``input_shape``, no batch dimension), an
+    ``(m, n)`` matrix with :math:`n` input and :math:`m` output entries. Its largest value is the
+    local Lipschitz constant at ``x`` (a lower bound of the global one); all values equal to 1
+    mean the map is locally orthogonal. Built densely with ``torch.autograd.functional.jacobian``:
+    meant for inputs of a few thousand entries (use float64 to compare with 1 tightly).
+
+    Returns:
+        ``(min(m, n),)`` tensor in the dtype of ``x``.
+    """
+    if not callable(fn):
+        raise TypeError(f"fn must be a module or a callable, got {type(fn).__name__}")
+    if not isinstance(x, Tensor) or x.numel() == 0:
+        raise ValueError("x must be a non-empty tensor: one input, without a batch dimension")
+    J = torch.autograd.functional.jacobian(lambda v: fn(v[None])[0], x, vectorize=True)
+    return torch.linalg.svdvals(J.reshape(-1, x.numel()))
 
 
 def lower_bound(

@@ -426,6 +426,12 @@ class Smooth:
         Bernstein inequality (:func:`empirical_bernstein_radius`; a union bound over the
         :math:`C` classes, so each has level :math:`\alpha / C`); :math:`\overline{p_B}` is the
         smaller of the largest upper bound and :math:`1 - \underline{p_A}`.
+
+        Even with zero variance the Bernstein bound keeps a term :math:`7 \ln(2 m C/\alpha) /
+        (3(n - 1))`, so :math:`\underline{p_A}` stays below :math:`1 - 7\ln(2mC/\alpha)/(3(n-1))`
+        and the radius below :math:`\sigma\,\Phi^{-1}` of that, a cap lower than vote counting's
+        :func:`max_certifiable_radius`: the gains are where the votes are split, not where
+        they are unanimous.
         Delattre et al. [delattre2024lipschitz] show that the variance of :math:`\phi(f(x +
         \delta))` shrinks with the base classifier's Lipschitz constant and margin, and a small
         variance makes these bounds tight.

@@ -504,3 +504,17 @@ def test_power_iteration_path_matches_the_exact_jacobians(monkeypatch):
     power = lipschitz.lower_bound(model, x, n_steps=0, generator=torch.Generator().manual_seed(0))
     assert exact == pytest.approx(jacobian_norms(model, x).max().item(), rel=1e-10)
     assert power <= exact * (1 + 1e-10) and power >= exact * (1 - 1e-3)
+
+
+@settings(max_examples=15, deadline=None)
+@given(m=st.integers(1, 8), n=st.integers(1, 8), seed=st.integers(0, 1000))
+def test_jacobian_singular_values_of_a_linear_map_are_those_of_its_weight(m, n, seed):
+    torch.manual_seed(seed)
+    layer = nn.Linear(n, m).double()
+    sv = lipschitz.jacobian_singular_values(layer, torch.randn(n, dtype=torch.float64))
+    assert torch.allclose(sv, torch.linalg.svdvals(layer.weight), atol=1e-12)
+    relu_net = nn.Sequential(nn.Linear(n, m), nn.ReLU()).double()
+    x = torch.randn(n, dtype=torch.float64)
+    active = (relu_net[0](x) > 0).double()
+    expected = torch.linalg.svdvals(active[:, None] * relu_net[0].weight)
+    assert torch.allclose(lipschitz.jacobian_singular_values(relu_net, x), expected, atol=1e-12)

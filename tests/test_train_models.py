@@ -6,9 +6,10 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch import nn
+from torch import Tensor, nn
 
-from stabilitylab import data, models, plot, train
+from stabilitylab import data, lipschitz, models, plot, train
+from stabilitylab import layers as lip_layers
 
 
 def test_training_reduces_loss_on_moons():
@@ -130,3 +131,139 @@ def test_plot_helpers_draw():
     assert len(ax.collections) >= 2
     fig = plot.image_grid(torch.rand(5, 1, 8, 8), titles=list("abcde"), ncols=3)
     assert len(fig.axes) == 6
+
+
+# ----------------------------------------------------------------------------- 1-Lipschitz builders
+
+def _perturb(model: nn.Module, seed: int, scale: float = 0.5) -> nn.Module:
+    """Move every parameter randomly: the builders promise 1-Lipschitz for *any* weights."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * p.abs().mean().clamp_min(0.1) * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    return model
+
+
+def _jacobians(model: nn.Module, x: Tensor) -> Tensor:
+    """(N, C, d): the float64 Jacobian of the logits at every input (autograd, one by one)."""
+    model = model.double().eval()
+    return torch.stack([
+        torch.autograd.functional.jacobian(lambda v: model(v[None])[0], xi).reshape(-1, xi.numel())
+        for xi in x.double()
+    ])
+
+
+def _largest_singular_value(model: nn.Module, x: Tensor) -> float:
+    return torch.linalg.svdvals(_jacobians(model, x)).max().item()
+
+
+@settings(max_examples=6, deadline=None)
+@given(layer=st.sampled_from(models.LIPSCHITZ_DENSE), seed=st.integers(0, 2**16))
+def test_lipschitz_mlp_families_are_1_lipschitz(layer, seed):
+    torch.manual_seed(seed)
+    model = _perturb(models.lipschitz_mlp((1, 4, 4), 5, hidden=(8, 8), layer=layer), seed)
+    x = torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(seed))
+    assert model(x).shape == (3, 5)
+    assert lipschitz.upper_bound(model, (1, 4, 4)).item() <= 1.0
+    assert _largest_singular_value(model, x) <= 1 + 1e-5
+
+
+@pytest.mark.parametrize("layer", models.LIPSCHITZ_DENSE)
+def test_every_dense_family_is_1_lipschitz(layer):
+    model = _perturb(models.lipschitz_mlp(6, 3, hidden=(4, 4), layer=layer), 1)
+    x = torch.randn(4, 6, generator=torch.Generator().manual_seed(2))
+    assert lipschitz.upper_bound(model, (6,)).item() <= 1.0
+    assert _largest_singular_value(model, x) <= 1 + 1e-5
+
+
+@pytest.mark.parametrize("layer", models.LIPSCHITZ_CONV)
+@pytest.mark.parametrize("pool", ["invertible", "avg"])
+def test_every_conv_family_is_1_lipschitz(layer, pool):
+    torch.manual_seed(0)
+    model = _perturb(models.lipschitz_cnn(1, 4, image_size=8, channels=(2, 4), layer=layer, pool=pool, depth=2), 3)
+    x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(4))
+    assert model(x).shape == (2, 4)
+    assert lipschitz.upper_bound(model, (1, 8, 8)).item() <= 1.0
+    assert _largest_singular_value(model, x) <= 1 + 1e-5
+
+
+@pytest.mark.parametrize("build", [
+    lambda: models.lipschitz_mlp(6, 4, hidden=(4,), head="lln"),
+    lambda: models.lipschitz_cnn(1, 4, image_size=4, channels=(2,), head="lln"),
+])
+def test_lln_head_bounds_the_logit_differences(build):
+    torch.manual_seed(0)
+    model = _perturb(build(), 5)
+    assert isinstance(model[-1], lip_layers.LLNLinear)
+    shape = (6,) if model[1].__class__.__name__.endswith("Linear") else (1, 4, 4)
+    x = torch.randn(3, *shape, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    J = _jacobians(model, x)  # (N, C, d)
+    W = model[-1].normalized_weight().detach()
+    for i in range(4):
+        for j in range(4):
+            difference = torch.linalg.vector_norm(J[:, i] - J[:, j], dim=1).max().item()
+            assert difference <= torch.linalg.vector_norm(W[i] - W[j]).item() * (1 + 1e-6) + 1e-9
+            assert torch.linalg.vector_norm(W[i] - W[j]).item() <= 2 + 1e-9
+    # as a whole the network is ||W||_2-Lipschitz, and upper_bound reads the declared constant
+    bound = lipschitz.upper_bound(model, shape).item()
+    assert bound >= torch.linalg.matrix_norm(W, ord=2).item() * (1 - 1e-9)
+    assert torch.linalg.svdvals(J).max().item() <= bound * (1 + 1e-6)
+
+
+def test_lipschitz_mlp_default_is_unchanged():
+    torch.manual_seed(7)
+    model = models.lipschitz_mlp((1, 4, 4), 3, hidden=(8, 6))
+    torch.manual_seed(7)
+    reference = nn.Sequential(
+        nn.Flatten(), lip_layers.SpectralLinear(16, 8, n_iter=6), lip_layers.GroupSort(2),
+        lip_layers.SpectralLinear(8, 6, n_iter=6), lip_layers.GroupSort(2), lip_layers.SpectralLinear(6, 3, n_iter=6),
+    )
+    assert [type(m) for m in model] == [type(m) for m in reference]
+    x = torch.randn(5, 1, 4, 4)
+    assert torch.equal(model(x), reference(x))
+
+
+def test_sll_mlp_is_residual_blocks_of_one_width():
+    model = models.lipschitz_mlp(10, 3, hidden=(8, 8, 8), layer="sll")
+    kinds = [type(m).__name__ for m in model]
+    assert kinds == ["Flatten", "AOLLinear", "SLLLinear", "SLLLinear", "SLLLinear", "AOLLinear"]
+
+
+@settings(max_examples=8, deadline=None)
+@given(
+    layer=st.sampled_from(models.LIPSCHITZ_CONV),
+    channels=st.lists(st.sampled_from([2, 4]), min_size=1, max_size=2),
+    size=st.sampled_from([8, (8, 12)]),
+    in_channels=st.sampled_from([1, 3]),
+    pool=st.sampled_from(["invertible", "avg"]),
+)
+def test_lipschitz_cnn_shapes(layer, channels, size, in_channels, pool):
+    model = models.lipschitz_cnn(in_channels, 5, image_size=size, channels=channels, layer=layer, pool=pool)
+    h, w = (size, size) if isinstance(size, int) else size
+    assert model(torch.randn(2, in_channels, h, w)).shape == (2, 5)
+
+
+@pytest.mark.parametrize(
+    "build, match",
+    [
+        (lambda: models.lipschitz_mlp(4, 2, layer="orthogonal"), "layer"),
+        (lambda: models.lipschitz_mlp(4, 2, head="softmax"), "head"),
+        (lambda: models.lipschitz_mlp(4, 2, hidden=(8, 4), layer="sll"), "hidden"),
+        (lambda: models.lipschitz_mlp(4, 2, hidden=(), layer="sll"), "hidden"),
+        (lambda: models.lipschitz_mlp(4, 2, hidden=(3,)), "group_size"),
+        (lambda: models.lipschitz_mlp(4, 2, group_size=1), "group_size"),
+        (lambda: models.lipschitz_cnn(1, 2, image_size=8, layer="lstm"), "layer"),
+        (lambda: models.lipschitz_cnn(1, 2, image_size=8, head="sll"), "head"),
+        (lambda: models.lipschitz_cnn(1, 2, image_size=8, pool="max"), "pool"),
+        (lambda: models.lipschitz_cnn(1, 2, image_size=8, channels=(3,)), "channels"),
+        (lambda: models.lipschitz_cnn(1, 2, image_size=6, channels=(2, 2)), "image_size"),
+        (lambda: models.lipschitz_cnn(1, 2, image_size=(8, 8, 8)), "image_size"),
+        (lambda: models.lipschitz_cnn(1, 2, image_size=8, kernel_size=2), "kernel_size"),
+        (lambda: models.lipschitz_cnn(1, 2, image_size=8, depth=0), "depth"),
+        (lambda: models.lipschitz_cnn(1, 2, image_size=4, channels=(2, 2), layer="cayley", kernel_size=3), "image_size"),
+        (lambda: models.lipschitz_cnn(0, 2, image_size=8), "in_channels"),
+    ],
+)
+def test_lipschitz_builders_reject_bad_arguments(build, match):
+    with pytest.raises(ValueError, match=match):
+        build()

@@ -20,7 +20,7 @@ modules for inference.
 
 from stabilitylab.layers.activations import GroupSort, MaxMin
 from stabilitylab.layers.aol import AOLConv2d, AOLLinear
-from stabilitylab.layers.dense import BjorckLinear, SpectralConv2d, SpectralLinear
+from stabilitylab.layers.dense import BjorckLinear, SpectralConv2d, SpectralLinear, bjorck_orthonormalize
 from stabilitylab.layers.export import export
 from stabilitylab.layers.householder import Householder
 from stabilitylab.layers.normalization import LLNLinear
@@ -60,5 +60,6 @@ __all__ = [
     "GlobalL2NormPool2d",
     "InvertibleDownsampling",
     "LLNLinear",
+    "bjorck_orthonormalize",
     "export",
 ]
