@@ -114,6 +114,10 @@ def _check_positive(name: str, value, kind=int) -> None:
         raise ValueError(f"{name} must be a positive {kind.__name__}, got {value!r}")
 
 
+def _is_sam(opt) -> bool:
+    return callable(getattr(opt, "first_step", None)) and callable(getattr(opt, "second_step", None))
+
+
 def _optimizer(name, params, lr: float, weight_decay: float, momentum: float) -> torch.optim.Optimizer:
     if isinstance(name, str):
         key = name.lower()
@@ -140,6 +144,7 @@ def fit(
     weight_decay: float = 0.0,
     momentum: float = 0.9,
     loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+    penalty: Callable[[nn.Module, Tensor, Tensor, Tensor], Tensor] | None = None,
     test_data: DataLike | None = None,
     device: str | torch.device | None = None,
     seed: int | None = 0,
@@ -157,8 +162,13 @@ def fit(
         model: maps ``(N, *input_shape)`` to logits ``(N, num_classes)``; moved to ``device``.
         train_data: a Dataset of ``(input, label)``, a DataLoader, or a tensor pair.
         epochs, batch_size, lr, weight_decay, momentum: the usual meaning (momentum is SGD's).
-        optimizer: "adam", "adamw", "sgd", or a callable ``params -> Optimizer``.
+        optimizer: "adam", "adamw", "sgd", or a callable ``params -> Optimizer``. An optimizer
+            with ``first_step`` and ``second_step`` (:class:`stabilitylab.curvature.SAM`) gets
+            two gradients per batch: at the weights, then at the perturbed weights.
         loss_fn: ``(logits, labels) -> scalar``; default mean cross-entropy.
+        penalty: ``(model, x, y, loss) -> scalar`` added to the loss of every batch (a curvature
+            regularizer of :mod:`stabilitylab.curvature`, say); the history records the loss
+            without it.
         test_data: evaluated after each epoch when given.
         device: default: CUDA when available, else the CPU.
         seed: seeds the global torch generator (dropout, augmentation) and the shuffling; None
@@ -194,8 +204,14 @@ def fit(
             logits = model(x)
             loss = loss_fn(logits, y)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            (loss if penalty is None else loss + penalty(model, x, y, loss)).backward()
+            if _is_sam(opt):  # a second gradient, at the perturbed weights
+                opt.first_step(zero_grad=True)
+                again = loss_fn(model(x), y)
+                (again if penalty is None else again + penalty(model, x, y, again)).backward()
+                opt.second_step(zero_grad=True)
+            else:
+                opt.step()
             total_loss += loss.item() * len(y)
             correct += (logits.argmax(1) == y).sum().item()
             count += len(y)

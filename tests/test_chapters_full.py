@@ -9,7 +9,7 @@ import papermill
 import pytest
 
 from stabilitylab import book
-from torchvision_format import write_mnist
+from torchvision_format import write_cifar10, write_mnist
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,6 +20,13 @@ SHRINK = {
                      "sdf_widths": [4, 8], "sdf_steps": 20, "sdf_points": 256},
     "03_spectral_norms": {"dense": [60, 40], "channels": 8, "cnn_images": 200, "cnn_epochs": 1,
                           "zero_sizes": [4, 8], "n_kernels": 2, "repeats": 1, "max_iter": 10},
+    "04_lipschitz_layers": {"features": 16, "channels": 2, "size": 4, "norm_size": 64, "norm_steps": 4,
+                            "bjorck_steps": 10, "soc_terms": [1, 2], "depth": 8, "width": 16, "batch": 8,
+                            "time_features": 32, "time_channels": 4, "time_size": 8, "repeats": 1},
+    "05_certified_robustness": {"epochs": 1, "channels": [4, 8, 8], "taus": [0.125, 0.5], "margins": [0.2, 0.6],
+                                "n_sound": 10, "sound_steps": 5},
+    "07_randomized_smoothing": {"epochs": 1, "width": 16, "lip_width": 16, "n0": 10, "n": 100, "n_certify": 6, "toy_points": 200,
+                                "toy_epochs": 2, "grid": 20, "grid_n": 20, "lip_epochs": 1, "batch_size": 100},
 }
 
 
@@ -28,6 +35,7 @@ def tiny_torchvision_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("torchvision-data")
     write_mnist(root, "MNIST", n_train=40, n_test=20, seed=0)
     write_mnist(root, "FashionMNIST", n_train=40, n_test=20, seed=1)
+    write_cifar10(root, n_per_batch=8, n_test=20, seed=2)
     return root
 
 

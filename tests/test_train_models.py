@@ -267,3 +267,39 @@ def test_lipschitz_cnn_shapes(layer, channels, size, in_channels, pool):
 def test_lipschitz_builders_reject_bad_arguments(build, match):
     with pytest.raises(ValueError, match=match):
         build()
+
+
+def test_fit_adds_the_penalty_to_the_gradient():
+    """One plain SGD step on loss + c ||W||^2 moves the weights by lr (grad loss + 2 c W)."""
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 3, dtype=torch.float64), torch.randint(0, 2, (8,))
+    model = nn.Linear(3, 2).double()
+    start = [p.detach().clone() for p in model.parameters()]
+    loss = nn.functional.cross_entropy(model(x), y)
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    c, lr = 0.3, 0.1
+    train.fit(model, (x, y), epochs=1, batch_size=8, lr=lr, optimizer="sgd", momentum=0.0, device="cpu",
+              penalty=lambda m, xb, yb, loss: c * m.weight.square().sum(), progress=False)
+    expected_w = start[0] - lr * (grads[0] + 2 * c * start[0])
+    expected_b = start[1] - lr * grads[1]
+    assert torch.allclose(model.weight, expected_w) and torch.allclose(model.bias, expected_b)
+
+
+def test_fit_drives_sam_with_a_second_gradient_at_the_perturbed_weights():
+    from stabilitylab import curvature
+
+    torch.manual_seed(1)
+    x, y = torch.randn(16, 4, dtype=torch.float64), torch.randint(0, 3, (16,))
+    model = nn.Linear(4, 3).double()
+    w0 = [p.detach().clone() for p in model.parameters()]
+    rho, lr = 0.05, 0.2
+    loss = nn.functional.cross_entropy(model(x), y)
+    g = torch.autograd.grad(loss, list(model.parameters()))
+    norm = torch.sqrt(sum(t.square().sum() for t in g))
+    perturbed = [(w + rho * t / norm).requires_grad_() for w, t in zip(w0, g)]
+    loss_at = nn.functional.cross_entropy(x @ perturbed[0].T + perturbed[1], y)
+    g_at = torch.autograd.grad(loss_at, perturbed)
+    train.fit(model, (x, y), epochs=1, batch_size=16, device="cpu", progress=False,
+              optimizer=lambda p: curvature.SAM(p, torch.optim.SGD, rho=rho, lr=lr))
+    for p, w, ga in zip(model.parameters(), w0, g_at):
+        assert torch.allclose(p, w - lr * ga, atol=1e-10)
