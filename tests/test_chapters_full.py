@@ -25,6 +25,8 @@ SHRINK = {
                             "time_features": 32, "time_channels": 4, "time_size": 8, "repeats": 1},
     "05_certified_robustness": {"epochs": 1, "channels": [4, 8, 8], "taus": [0.125, 0.5], "margins": [0.2, 0.6],
                                 "n_sound": 10, "sound_steps": 5},
+    "08_curvature": {"epochs": 1, "n_lanczos": 20, "n_slq": 1, "top_k": 3, "n_trace": 12, "eos_steps": 30,
+                     "eos_every": 10, "landscape_points": 7, "grid2d": 5, "pgd_steps": 3, "hidden": [64, 64]},
     "07_randomized_smoothing": {"epochs": 1, "width": 16, "lip_width": 16, "n0": 10, "n": 100, "n_certify": 6, "toy_points": 200,
                                 "toy_epochs": 2, "grid": 20, "grid_n": 20, "lip_epochs": 1, "batch_size": 100},
 }
