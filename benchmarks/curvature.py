@@ -55,6 +55,7 @@ import scipy.sparse.linalg as sla
 import torch
 from torch import nn
 
+from _common import cpu_model
 from stabilitylab import load_dataset
 from stabilitylab.curvature import HessianOperator, hessian_eigenvalues, hessian_trace
 
@@ -303,14 +304,7 @@ def print_table(title: str, cases: list[tuple[str, list[dict]]], with_stderr: bo
 
 
 def machine_info() -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     try:
         from importlib.metadata import version
 

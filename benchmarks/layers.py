@@ -60,6 +60,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from _common import cpu_model, cpu_ticks, others_share, sync as _sync
+from _common import timed as _timed
 from stabilitylab import certify, layers, lipschitz
 from stabilitylab.data import load_dataset
 from stabilitylab.losses import offset_cross_entropy
@@ -94,47 +96,6 @@ PAPER_THROUGHPUT = {
 
 
 # ----------------------------------------------------------------------------- timing and memory
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn, repeats: int, device: torch.device) -> float:
-    """Median wall time of fn() in ms after one warm-up call (3 repeats above 1 s, 1 above 4 s)."""
-    start = time.perf_counter()
-    fn()
-    _sync(device)
-    first = time.perf_counter() - start
-    if first > 4.0:
-        return 1e3 * first
-    samples = []
-    for _ in range(3 if first > 1.0 else repeats):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        samples.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(samples)
-
-
-def cpu_ticks() -> tuple[int, int, int] | None:
-    """(ticks of all CPUs, busy ticks of all CPUs, ticks of this process) from /proc, or None."""
-    try:
-        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-        own = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, ValueError, IndexError):
-        return None
-    total = sum(values)
-    return total, total - values[3] - values[4], int(own[11]) + int(own[12])
-
-
-def others_share(before, after) -> float | None:
-    """Share of all CPUs kept busy by other processes between two cpu_ticks() readings."""
-    if before is None or after is None or after[0] <= before[0]:
-        return None
-    total, busy, own = (a - b for a, b in zip(after, before))
-    return max(0.0, (busy - own) / total)
 
 
 def peak_memory_mb(fn, device: torch.device) -> float:
@@ -329,6 +290,11 @@ def round_robin(fns: dict, repeats: int, device: torch.device) -> dict:
             _sync(device)
             samples[name].append(time.perf_counter() - start)
     return {name: slow.get(name) or 1e3 * statistics.median(samples[name]) for name in fns}
+
+
+def timed(fn, repeats: int, device: torch.device) -> float:
+    """Median ms of fn() after a warm-up (a single measurement above 4 s)."""
+    return _timed(fn, repeats, device, single_above=4.0)
 
 
 def measure_config(specs: list[Spec], width: int, n: int | None, device: torch.device, repeats: int,
@@ -633,14 +599,7 @@ def certified_table(rows, epochs_note: str) -> str:
 
 
 def machine_info(device: torch.device) -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     from importlib.metadata import PackageNotFoundError, version
 
     def ver(name):

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import torch
 
+from _common import cpu_model, cpu_ticks, others_share, sync as _sync, timed
 from stabilitylab.spectral import (
     conv_operator_matrix,
     conv_spectral_norm,
@@ -60,51 +61,6 @@ UPPER, EXACT, LOWER, NEITHER = "upper", "exact", "lower", "neither"
 
 
 # ----------------------------------------------------------------------------- timing and rows
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn, repeats: int, device: torch.device = torch.device("cpu")) -> float:
-    """Median wall time of fn() in milliseconds, after one warm-up call.
-
-    Calls slower than 1 s are repeated 3 times instead of `repeats`; beyond 5 s the warm-up
-    call itself is the single measurement (so a 10 s call costs 10 s, not 60 s).
-    """
-    start = time.perf_counter()
-    fn()
-    _sync(device)
-    first = time.perf_counter() - start
-    if first > 5.0:
-        return 1e3 * first
-    samples = []
-    for _ in range(3 if first > 1.0 else repeats):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        samples.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(samples)
-
-
-def cpu_ticks() -> tuple[int, int, int] | None:
-    """(ticks of all CPUs, busy ticks of all CPUs, ticks of this process) from /proc, or None."""
-    try:
-        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-        own = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, ValueError, IndexError):
-        return None
-    total = sum(values)  # user nice system idle iowait irq softirq steal
-    return total, total - values[3] - values[4], int(own[11]) + int(own[12])  # utime + stime
-
-
-def others_share(before, after) -> float | None:
-    """Share of all CPUs kept busy by other processes between two cpu_ticks() readings."""
-    if before is None or after is None or after[0] <= before[0]:
-        return None
-    total, busy, own = (a - b for a, b in zip(after, before))
-    return max(0.0, (busy - own) / total)
 
 
 def measure(method: str, kind: str, fn, x: torch.Tensor, *, repeats: int, ours: bool, note: str = "") -> dict:
@@ -448,14 +404,7 @@ def targets(dense, circular, zeros) -> list[dict]:
 
 
 def machine_info(device: torch.device) -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     try:
         from importlib.metadata import version
 
