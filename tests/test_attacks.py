@@ -507,7 +507,8 @@ def test_x_marginally_outside_bounds_is_accepted_and_clipped():
 # ---------------------------------------------------------------------------
 
 _M = RandomMLP(3, 2, 0)
-_X = torch.rand(4, 3)
+_X = torch.rand(4, 3, generator=torch.Generator().manual_seed(0))
+_X[0, :2] = torch.tensor([0.05, 0.95])  # below 0.2 and above 0.5: the box checks below must fire
 _Y = torch.tensor([0, 1, 0, 1])
 
 BAD = [

@@ -158,7 +158,8 @@ def conv_config(draw_cls, data, *, max_in=3, max_out=4):
     c_in = data.draw(st.integers(1, max_in if stride == 1 else 1))
     c_out = data.draw(st.integers(1, max_out))
     k = data.draw(st.sampled_from([1, 3]) if cls is SOCConv2d else st.integers(1, 3))
-    side = data.draw(st.sampled_from([4, 6]) if stride == 2 else st.integers(max(k, 3), 6))
+    # circular layers need the (downsampled) image at least as large as the kernel
+    side = data.draw(st.sampled_from([n for n in (4, 6) if n // 2 >= k]) if stride == 2 else st.integers(max(k, 3), 6))
     return cls, c_in, c_out, k, stride, side
 
 
