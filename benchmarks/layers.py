@@ -66,6 +66,7 @@ from stabilitylab import certify, layers, lipschitz
 from stabilitylab.data import load_dataset
 from stabilitylab.losses import offset_cross_entropy
 from stabilitylab.spectral import power_iteration
+from stabilitylab.timing import peak_memory
 
 warnings.filterwarnings("ignore", category=FutureWarning)  # orthogonium's torch.jit.script
 
@@ -99,28 +100,10 @@ PAPER_THROUGHPUT = {
 
 
 def peak_memory_mb(fn, device: torch.device) -> float:
-    """Peak of the memory allocated by fn() above what was allocated before it, in MiB.
-
-    CPU: the profiler's memory events (each operator's own allocations minus frees, in time
-    order; allocations and frees inside one operator are netted, so a transient buffer that an
-    operator frees before returning is not seen). CUDA: the allocator's peak statistics."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        fn()
-        torch.cuda.synchronize(device)
-        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    points = sorted((e.time_range.start, e.self_cpu_memory_usage) for e in prof.events())
-    live = peak = 0
-    for _, nbytes in points:
-        live += nbytes
-        peak = max(peak, live)
-    return peak / 2**20
+    """Peak of the memory allocated by fn() above what was allocated before it, in MiB
+    (`stabilitylab.timing.peak_memory`: the allocator's peak on CUDA, the profiler's memory
+    events on the CPU, where a buffer an operator frees before returning is netted out)."""
+    return peak_memory(fn, device=device) / 2**20
 
 
 # ----------------------------------------------------------------------------- Lipschitz constant
