@@ -413,6 +413,7 @@ class Smooth:
         *,
         maps: Sequence[tuple[str, float]] = (("softmax", 1.0),),
         bound: str = "gaussian",
+        choose_map: str = "union",
         generator: torch.Generator | None = None,
         progress: bool = False,
     ) -> tuple[int, float]:
@@ -448,16 +449,21 @@ class Smooth:
           :math:`p = 1/2` and is never larger.
 
         Choosing among several ``maps`` (kinds and temperatures) after seeing the samples is a
-        multiple test: each candidate is certified at level :math:`\alpha / m` for :math:`m`
-        candidates and the largest radius is returned, so the guarantee (probability at least
-        :math:`1 - \alpha` that the returned radius is valid) survives the selection. One map
-        costs nothing; ten maps cost a factor 10 in :math:`\alpha`.
+        multiple test. With ``choose_map="union"`` each candidate is certified at level
+        :math:`\alpha / m` for :math:`m` candidates on the ``n`` samples and the largest radius
+        is returned, so the guarantee (probability at least :math:`1 - \alpha` that the returned
+        radius is valid) survives the selection: ten maps cost a factor 10 in :math:`\alpha`.
+        With ``choose_map="selection"`` the ``n0`` selection samples choose the map too (the one
+        with the largest radius computed on them), and only that map is certified on the ``n``
+        fresh samples, at the full level :math:`\alpha`: no union bound, since the choice does not
+        depend on the estimation samples, but a choice made on fewer samples.
 
         Args:
             x, n0, n, alpha, batch_size, generator, progress: as :meth:`certify` (``n >= 2``).
             maps: ``(kind, temperature)`` pairs, ``kind`` in ``"softmax"``, ``"sparsemax"``,
                 ``"hardmax"``.
             bound: ``"gaussian"`` or ``"lipschitz"``.
+            choose_map: ``"union"`` or ``"selection"`` (``n0 >= 2``), as above.
 
         Returns:
             ``(class, radius)``, or ``(ABSTAIN, 0.0)`` when no candidate certifies a positive radius.
@@ -472,29 +478,46 @@ class Smooth:
         if not maps or any(m is None for m in maps):
             raise ValueError("maps must be a non-empty sequence of (kind, temperature) pairs")
         _check_generator(generator)
-        c_hat = int(self.sample_counts(x, n0, batch_size, generator=generator).argmax())
+        if choose_map not in ("union", "selection"):
+            raise ValueError(f"choose_map must be 'union' or 'selection', got {choose_map!r}")
+        if choose_map == "selection":
+            if n0 < 2:
+                raise ValueError(f"n0 must be >= 2 to choose a map on the selection samples, got {n0!r}")
+            means, variances = self._map_moments(x, n0, batch_size, generator, [*maps, ("hardmax", 1.0)], False)
+            c_hat = int(means[-1].argmax())  # the votes
+            radii = self._lvm_radii(means[:-1], variances[:-1], n0, c_hat, alpha / self.num_classes, bound)
+            maps = [maps[int(radii.argmax())]]
+            level = alpha / self.num_classes
+        else:
+            c_hat = int(self.sample_counts(x, n0, batch_size, generator=generator).argmax())
+            level = alpha / (len(maps) * self.num_classes)
+        means, variances = self._map_moments(x, n, batch_size, generator, maps, progress)
+        best = float(self._lvm_radii(means, variances, n, c_hat, level, bound).max())
+        if not best > 0:
+            return ABSTAIN, 0.0
+        return c_hat, best
+
+    def _map_moments(self, x, num, batch_size, generator, maps, progress) -> tuple[Tensor, Tensor]:
+        """Sample means and unbiased variances ``(len(maps), C)`` of each map over ``num`` noisy copies."""
         sums = torch.zeros(len(maps), self.num_classes, dtype=torch.float64)
         squares = torch.zeros_like(sums)
-        for logits in self._noisy_logits(x, n, batch_size, generator, progress):
+        for logits in self._noisy_logits(x, num, batch_size, generator, progress):
             outputs = torch.stack([simplex_map(logits, kind, t) for kind, t in maps]).double()
             sums += outputs.sum(1).cpu()
             squares += outputs.square().sum(1).cpu()
-        means = sums / n
-        variances = ((squares - n * means.square()) / (n - 1)).clamp_min(0)
-        level = alpha / (len(maps) * self.num_classes)
+        means = sums / num
+        return means, ((squares - num * means.square()) / (num - 1)).clamp_min(0)
+
+    def _lvm_radii(self, means: Tensor, variances: Tensor, n: int, c_hat: int, level: float, bound: str) -> Tensor:
+        """The certified radius of each map, every Bernstein bound at ``level``."""
         half = empirical_bernstein_radius(variances, n, level)
         p_a = (means[:, c_hat] - half[:, c_hat]).clamp(0, 1)
         upper = (means + half).clamp(0, 1)
         upper[:, c_hat] = -1.0
         p_b = torch.minimum(upper.max(1).values, 1 - p_a)
         if bound == "gaussian":
-            radius = self.sigma / 2 * (_probit(p_a) - _probit(p_b))
-        else:
-            radius = (p_a - p_b) * self.sigma * math.sqrt(math.pi / 2)
-        best = float(radius.max())
-        if not best > 0:
-            return ABSTAIN, 0.0
-        return c_hat, best
+            return self.sigma / 2 * (_probit(p_a) - _probit(p_b))
+        return (p_a - p_b) * self.sigma * math.sqrt(math.pi / 2)
 
 
 def _probit(p: Tensor) -> Tensor:

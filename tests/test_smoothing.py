@@ -192,7 +192,8 @@ def test_base_model_is_left_in_its_mode_and_float32_works():
 
 @pytest.mark.parametrize("maps", [[("softmax", 1.0)], [("sparsemax", 0.5)], [("hardmax", 1.0)],
                                   [("softmax", 0.5), ("softmax", 2.0), ("sparsemax", 1.0)]])
-def test_lvm_certificates_stay_below_the_distance_to_the_boundary(maps):
+@pytest.mark.parametrize("choose_map", ["union", "selection"])
+def test_lvm_certificates_stay_below_the_distance_to_the_boundary(maps, choose_map):
     """With logits (0, s (w.x + b)) every simplex map's smoothed version decides by the sign of w.x + b
     (symmetry of the noise), so the smoothed classifier's boundary is the hyperplane again."""
     gen = torch.Generator().manual_seed(3)
@@ -202,7 +203,7 @@ def test_lvm_certificates_stay_below_the_distance_to_the_boundary(maps):
     xs = points_at_distances(w, b, distances, gen)
     certified = 0
     for x, d in zip(xs, distances):
-        c, r = smooth.certify_lvm(x, 50, 2000, 0.01, 1000, maps=maps, generator=gen)
+        c, r = smooth.certify_lvm(x, 50, 2000, 0.01, 1000, maps=maps, choose_map=choose_map, generator=gen)
         assert r <= abs(d.item()) + 1e-9 or c == ABSTAIN
         if c != ABSTAIN:
             certified += 1
@@ -292,6 +293,8 @@ def test_gaussian_noise_augments_only_in_training():
         (lambda s, x: s.certify_lvm(x, 5, 10, 0.1, 5, maps=[("relu", 1.0)]), "map"),
         (lambda s, x: s.certify_lvm(x, 5, 10, 0.1, 5, maps=[("softmax", 0.0)]), "temperature"),
         (lambda s, x: s.certify_lvm(x, 5, 1, 0.1, 5), "n"),
+        (lambda s, x: s.certify_lvm(x, 5, 10, 0.1, 5, choose_map="best"), "choose_map"),
+        (lambda s, x: s.certify_lvm(x, 1, 10, 0.1, 5, choose_map="selection"), "n0"),
         (lambda s, x: smoothing.clopper_pearson_lower(11, 10, 0.1), "successes"),
         (lambda s, x: smoothing.max_certifiable_radius(1.0, 10, 2.0), "alpha"),
     ],
@@ -310,3 +313,22 @@ def test_bad_types_raise_type_error():
         smooth.certify(torch.zeros(2), 5, 10, 0.1, 5, generator=0)
     with pytest.raises(TypeError, match="x must be a tensor"):
         smooth.certify([0.0, 0.0], 5, 10, 0.1, 5)
+
+
+def test_choosing_the_map_on_the_selection_samples_skips_the_union_bound():
+    """Choosing the map on the n0 samples ("selection", the chosen map certified at level alpha) and the
+    union bound over the candidates ("union", each at alpha / m) both certify the right class and stay
+    below the exact distance 0.4 (the smoothed boundary of a linear base is the hyperplane)."""
+    w, b = torch.tensor([1.0, 1.0], dtype=torch.float64), 0.0
+    smooth = Smooth(linear_classifier(w, b, scale=3.0), 2, 0.5)
+    x = points_at_distances(w, b, torch.tensor([0.4], dtype=torch.float64), torch.Generator().manual_seed(0))[0]
+    one = [("softmax", 1.0)]
+    union = smooth.certify_lvm(x, 50, 2000, 0.001, 1000, maps=one, generator=torch.Generator().manual_seed(3))
+    chosen = smooth.certify_lvm(x, 50, 2000, 0.001, 1000, maps=one, choose_map="selection",
+                                generator=torch.Generator().manual_seed(3))
+    assert union[0] == chosen[0] == 1 and 0 < chosen[1] <= 0.4 and 0 < union[1] <= 0.4
+    many = [("softmax", t) for t in (0.25, 0.5, 1.0, 2.0, 4.0)]
+    best_union = smooth.certify_lvm(x, 50, 20_000, 0.001, 5000, maps=many, generator=torch.Generator().manual_seed(4))
+    best_chosen = smooth.certify_lvm(x, 200, 20_000, 0.001, 5000, maps=many, choose_map="selection",
+                                     generator=torch.Generator().manual_seed(4))
+    assert best_union[0] == best_chosen[0] == 1 and 0 < best_union[1] <= 0.4 and 0 < best_chosen[1] <= 0.4
