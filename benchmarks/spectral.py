@@ -29,7 +29,6 @@ import datetime
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 import types
@@ -37,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from _common import cpu_model, cpu_ticks, others_share, sync as _sync, timed
+from _common import cpu_model, cpu_ticks, others_share, timed
 from stabilitylab.spectral import (
     conv_operator_matrix,
     conv_spectral_norm,

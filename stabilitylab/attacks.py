@@ -55,6 +55,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from stabilitylab._checks import check_generator as _check_generator
+
 __all__ = ["fgsm", "pgd", "minimal_adversarial_distance", "robust_accuracy"]
 
 _NORMS = ("linf", "l2")
@@ -129,14 +131,6 @@ def _check_norm(norm) -> str:
     if not isinstance(norm, str) or norm not in _NORMS:
         raise ValueError(f"norm must be one of {_NORMS}, got norm={norm!r}")
     return norm
-
-
-def _check_generator(generator) -> torch.Generator | None:
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(
-            f"generator must be a torch.Generator or None, got {type(generator).__name__}"
-        )
-    return generator
 
 
 def _as_bound(b, name: str, x: Tensor) -> Tensor:

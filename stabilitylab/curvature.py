@@ -47,6 +47,8 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from tqdm import tqdm
 
+from stabilitylab._checks import check_int as _check_int
+
 __all__ = [
     "HessianOperator",
     "hvp",
@@ -57,6 +59,7 @@ __all__ = [
     "hessian_density",
     "sharpness",
     "m_sharpness",
+    "sharpness_during_training",
     "SAM",
     "gradient_norm_penalty",
     "input_curvature_penalty",
@@ -101,12 +104,6 @@ def _check_vector(v, params: Sequence[Tensor], name: str = "v") -> tuple[Tensor,
         if t.shape != p.shape:
             raise ValueError(f"{name}[{i}] must have the shape {tuple(p.shape)} of params[{i}], got {tuple(t.shape)}")
     return tuple(t.to(dtype=p.dtype, device=p.device) for t, p in zip(v, params))
-
-
-def _check_int(value, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
 
 
 def _check_positive(value, name: str) -> float:
@@ -382,6 +379,23 @@ def _eigenvalue_errors(theta: Tensor, residual: Tensor) -> Tensor:
     return torch.where(gap > residual, residual.pow(2) / gap, residual)
 
 
+def _lanczos_step(op: HessianOperator, Q: Tensor, j: int, q: Tensor) -> tuple[Tensor, Tensor]:
+    """Store the unit vector q as the j-th Lanczos vector; return alpha_j = q^T H q and H q
+    orthogonalized against the j + 1 vectors so far (classical Gram-Schmidt, twice)."""
+    Q[j] = q
+    w = op.matvec_flat(q)
+    alpha = torch.dot(w, q).cpu()
+    basis = Q[: j + 1]
+    for _ in range(2):
+        w = w - basis.T @ (basis @ w)
+    return alpha, w
+
+
+def _tridiagonal(alphas: Tensor, betas: Tensor, m: int) -> Tensor:
+    """The m x m Lanczos matrix T_m from its diagonal and off-diagonal."""
+    return torch.diag(alphas[:m]) + torch.diag(betas[: m - 1], 1) + torch.diag(betas[: m - 1], -1)
+
+
 def _lanczos(op: HessianOperator, k: int, tol: float, max_iter: int, which: str, criterion: str, generator,
              progress: bool) -> tuple[Tensor, Tensor, bool]:
     """Lanczos with full reorthogonalization (classical Gram-Schmidt, twice) in float64.
@@ -399,16 +413,10 @@ def _lanczos(op: HessianOperator, k: int, tol: float, max_iter: int, which: str,
     converged, theta, S, idx, m = False, None, None, None, 0
     bar = tqdm(total=m_max, desc="lanczos", disable=not progress, leave=False)
     for j in range(m_max):
-        Q[j] = q
-        w = op.matvec_flat(q)
-        alphas[j] = torch.dot(w, q).cpu()
-        basis = Q[: j + 1]
-        for _ in range(2):
-            w = w - basis.T @ (basis @ w)
+        alphas[j], w = _lanczos_step(op, Q, j, q)
         beta = torch.linalg.vector_norm(w).cpu()
         m = j + 1
-        T = torch.diag(alphas[:m]) + torch.diag(betas[: m - 1], 1) + torch.diag(betas[: m - 1], -1)
-        theta, S = torch.linalg.eigh(T)
+        theta, S = torch.linalg.eigh(_tridiagonal(alphas, betas, m))
         scale = theta.abs().max().clamp_min(tiny)
         bar.update(1)
         if m >= k:
@@ -713,12 +721,7 @@ def _lanczos_tridiagonal(op: HessianOperator, m: int, generator) -> tuple[Tensor
     Q = torch.empty(m, n, dtype=torch.float64, device=op.device)
     alphas, betas = torch.zeros(m, dtype=torch.float64), torch.zeros(max(m - 1, 0), dtype=torch.float64)
     for j in range(m):
-        Q[j] = q
-        w = op.matvec_flat(q)
-        alphas[j] = torch.dot(w, q).cpu()
-        basis = Q[: j + 1]
-        for _ in range(2):
-            w = w - basis.T @ (basis @ w)
+        alphas[j], w = _lanczos_step(op, Q, j, q)
         if j == m - 1:
             break
         beta = torch.linalg.vector_norm(w)
@@ -727,8 +730,7 @@ def _lanczos_tridiagonal(op: HessianOperator, m: int, generator) -> tuple[Tensor
             break
         betas[j] = beta.cpu()
         q = w / beta
-    T = torch.diag(alphas[:m]) + torch.diag(betas[: m - 1], 1) + torch.diag(betas[: m - 1], -1)
-    theta, S = torch.linalg.eigh(T)
+    theta, S = torch.linalg.eigh(_tridiagonal(alphas, betas, m))
     return theta, S[0].pow(2)
 
 
@@ -814,6 +816,52 @@ def hessian_density(
 
 def _scaling(params: Sequence[Tensor], adaptive: bool, eta: float) -> list[Tensor] | None:
     return [p.detach().abs() + eta for p in params] if adaptive else None
+
+
+def sharpness_during_training(
+    loss_fn: LossClosure,
+    params: Sequence[Tensor],
+    optimizer: torch.optim.Optimizer,
+    *,
+    steps: int,
+    every: int = 10,
+    tol: float = 1e-3,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict[str, Tensor]:
+    r"""Train with full-batch steps and record the loss and the sharpness every few steps.
+
+    Takes ``steps`` optimizer steps on the zero-argument ``loss_fn`` (the whole training set:
+    full-batch gradient descent when ``optimizer`` is plain SGD) and, at step 0 and every
+    ``every`` steps, records the loss and :math:`\lambda_{\max}(\nabla^2 L)`
+    (:func:`hessian_eigenvalues`, Lanczos to relative accuracy ``tol``, start vector seeded by
+    ``seed + t`` at step ``t``). Gradient descent with step size :math:`\eta` is stable on a
+    quadratic only while :math:`\lambda_{\max} < 2/\eta`; on neural networks the sharpness rises
+    to that value and hovers there, the edge of stability [cohen2021gradient].
+
+    Returns:
+        ``{"step", "loss", "sharpness"}``: float64 tensors of the recorded steps' values.
+
+    Raises:
+        ValueError: ``steps`` < 0 or ``every`` < 1; the errors of :func:`hessian_eigenvalues`.
+    """
+    params = _check_params(params)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps must be an int >= 0, got {steps!r}")
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ValueError(f"every must be an int >= 1, got {every!r}")
+    record = []
+    for t in tqdm(range(steps + 1), desc="training", disable=not progress, leave=False):
+        if t % every == 0:
+            top = hessian_eigenvalues(loss_fn, params, tol=tol, generator=torch.Generator().manual_seed(seed + t))
+            with torch.no_grad():
+                record.append((t, float(loss_fn()), float(top)))
+        if t < steps:
+            optimizer.zero_grad()
+            loss_fn().backward()
+            optimizer.step()
+    step, loss, top = torch.tensor(record, dtype=torch.float64).T
+    return {"step": step, "loss": loss, "sharpness": top}
 
 
 def sharpness(

@@ -69,6 +69,7 @@ __all__ = [
     "pairwise_logit_bound",
     "lower_bound",
     "jacobian_singular_values",
+    "backward_gradient_norms",
     "report",
 ]
 
@@ -1012,6 +1013,34 @@ def jacobian_singular_values(fn: Callable[[Tensor], Tensor] | nn.Module, x: Tens
         raise ValueError("x must be a non-empty tensor: one input, without a batch dimension")
     J = torch.autograd.functional.jacobian(lambda v: fn(v[None])[0], x, vectorize=True)
     return torch.linalg.svdvals(J.reshape(-1, x.numel()))
+
+
+def backward_gradient_norms(blocks: nn.Sequential, x: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+    r"""How the gradient's norm changes on its way back through a stack of blocks.
+
+    For ``blocks`` :math:`f_1, \dots, f_D` and inputs ``x`` ``(N, d)``, back-propagates the
+    projection :math:`\langle u_i, f(x_i) \rangle` of each output on a random unit vector
+    :math:`u_i` and returns, for :math:`l = 1, \dots, D`, the mean over the batch of the norm of
+    the gradient with respect to the input of the block :math:`l` blocks below the output. The
+    first entry is the norm after one block, the last after all :math:`D`. Orthogonal blocks
+    keep every entry at 1; contracting ones (or ReLU, which zeroes half the coordinates) make it
+    decay geometrically: the gradient-norm-preservation argument for GroupSort networks
+    [anil2019sorting].
+
+    Returns:
+        ``(D,)`` tensor on the CPU.
+    """
+    if not isinstance(blocks, nn.Sequential) or len(blocks) == 0:
+        raise TypeError(f"blocks must be a non-empty nn.Sequential, got {type(blocks).__name__}")
+    if not isinstance(x, Tensor) or x.ndim != 2:
+        raise ValueError(f"x must be a tensor of shape (N, d), got {getattr(x, 'shape', type(x).__name__)}")
+    inputs, h = [], x.detach().requires_grad_()
+    for block in blocks:
+        inputs.append(h)
+        h = block(h)
+    u = torch.randn(h.shape, generator=generator, dtype=h.dtype).to(h.device)
+    grads = torch.autograd.grad((h * u / u.norm(dim=1, keepdim=True)).sum(), inputs)
+    return torch.stack([g.norm(dim=1).mean() for g in grads]).flip(0).cpu()
 
 
 def lower_bound(

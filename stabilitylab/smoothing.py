@@ -37,6 +37,8 @@ from scipy import stats
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from stabilitylab._checks import check_generator as _check_generator
+from stabilitylab._checks import check_int as _check_int
 from stabilitylab.certify import _eps_list, accuracy_curve
 from stabilitylab.train import batches
 
@@ -64,12 +66,6 @@ _MAPS = ("softmax", "sparsemax", "hardmax")
 # --------------------------------------------------------------------------- argument checks
 
 
-def _check_int(value, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
-
-
 def _check_alpha(alpha) -> float:
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
         raise ValueError(f"alpha must be a number in (0, 1), got {alpha!r}")
@@ -80,12 +76,6 @@ def _check_sigma(sigma) -> float:
     if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma <= 0:
         raise ValueError(f"sigma must be a finite number > 0, got {sigma!r}")
     return float(sigma)
-
-
-def _check_generator(generator) -> torch.Generator | None:
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
-    return generator
 
 
 def _check_map(kind, temperature) -> tuple[str, float]:

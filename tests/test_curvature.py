@@ -661,3 +661,23 @@ def test_criterion_is_checked():
     model, x, y = _mlp(0)
     with pytest.raises(ValueError, match="criterion"):
         curvature.hessian_eigenvalues(_closure(model, x, y), list(model.parameters()), criterion="gap")
+
+
+def test_sharpness_during_gradient_descent_on_a_quadratic():
+    """On L(w) = 0.5 w^T A w the Hessian is A at every step, and gradient descent gives
+    w_t = (I - lr A)^t w_0 exactly."""
+    torch.manual_seed(0)
+    Q, _ = torch.linalg.qr(torch.randn(5, 5, dtype=torch.float64))
+    A = Q @ torch.diag(torch.tensor([3.0, 2.0, 1.0, 0.5, 0.1], dtype=torch.float64)) @ Q.T
+    w0 = torch.randn(5, dtype=torch.float64)
+    w = w0.clone().requires_grad_()
+    lr = 0.3
+    record = curvature.sharpness_during_training(lambda: 0.5 * w @ A @ w, [w], torch.optim.SGD([w], lr=lr),
+                                                steps=12, every=4)
+    assert record["step"].tolist() == [0, 4, 8, 12]
+    assert torch.allclose(record["sharpness"], torch.full((4,), 3.0, dtype=torch.float64), rtol=1e-3)
+    for t, loss in zip(record["step"].tolist(), record["loss"]):
+        wt = torch.linalg.matrix_power(torch.eye(5, dtype=torch.float64) - lr * A, int(t)) @ w0
+        assert loss.item() == pytest.approx(0.5 * (wt @ A @ wt).item(), rel=1e-10)
+    with pytest.raises(ValueError, match="every"):
+        curvature.sharpness_during_training(lambda: 0.5 * w @ A @ w, [w], torch.optim.SGD([w], lr=lr), steps=2, every=0)

@@ -518,3 +518,18 @@ def test_jacobian_singular_values_of_a_linear_map_are_those_of_its_weight(m, n, 
     active = (relu_net[0](x) > 0).double()
     expected = torch.linalg.svdvals(active[:, None] * relu_net[0].weight)
     assert torch.allclose(lipschitz.jacobian_singular_values(relu_net, x), expected, atol=1e-12)
+
+
+def test_backward_gradient_norms_through_orthogonal_and_scaled_blocks():
+    torch.manual_seed(0)
+    orthogonal = nn.Sequential(*[nn.Linear(6, 6, bias=False) for _ in range(4)]).double()
+    for layer in orthogonal:
+        nn.init.orthogonal_(layer.weight)
+    x = torch.randn(8, 6, dtype=torch.float64)
+    assert torch.allclose(lipschitz.backward_gradient_norms(orthogonal, x), torch.ones(4, dtype=torch.float64))
+    scaled = nn.Sequential(*[nn.Linear(6, 6, bias=False) for _ in range(4)]).double()
+    for layer in scaled:
+        with torch.no_grad():
+            layer.weight.copy_(0.5 * torch.eye(6))
+    expected = 0.5 ** torch.arange(1, 5, dtype=torch.float64)
+    assert torch.allclose(lipschitz.backward_gradient_norms(scaled, x), expected)

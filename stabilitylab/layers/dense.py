@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from stabilitylab._checks import check_int as _check_int
 from stabilitylab.spectral import conv_spectral_norm, gram_iteration
 
 __all__ = ["SpectralLinear", "BjorckLinear", "SpectralConv2d"]
@@ -29,12 +30,6 @@ __all__ = ["SpectralLinear", "BjorckLinear", "SpectralConv2d"]
 
 # ----------------------------------------------------------------------------- shared checks
 # (used by the other layer modules of this package as well)
-
-
-def _check_int(value, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
 
 
 def _pair(value, name: str, minimum: int) -> tuple[int, int]:
