@@ -50,6 +50,7 @@ __all__ = [
     "setup_cell_source",
     "run_chapter",
     "check",
+    "glue",
 ]
 
 
@@ -154,6 +155,36 @@ def _overrides(keys: set[str]) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"{OVERRIDES_ENV} names settings this chapter does not have: {unknown}")
     return overrides
+
+
+def glue(name: str, value: Any, *, display: bool = False) -> None:
+    """Record ``value`` under ``name`` so that the chapter's prose can quote it.
+
+    The rendered book pastes it with ``{glue:text}`name:.3f``` (a number, formatted) or
+    ``{glue:figure}`` (a figure): every number the text quotes then comes from the run that made
+    the stored outputs, so a re-run never leaves the prose behind. This is MyST-NB's ``glue``;
+    where MyST-NB is not installed (a chapter opened on Colab), nothing is recorded and the
+    value is shown only when ``display`` is true.
+
+    Args:
+        name: the key the prose uses, letters, digits, ``-`` and ``_`` only.
+        value: a number, string, figure or anything IPython can display.
+        display: also show the value in the cell's output.
+
+    Raises:
+        ValueError: ``name`` is empty or holds other characters.
+    """
+    if not isinstance(name, str) or not name or not all(c.isalnum() or c in "-_" for c in name):
+        raise ValueError(f"name must be letters, digits, '-' and '_' only, got {name!r}")
+    try:
+        from myst_nb import glue as myst_glue
+    except ImportError:
+        if display:
+            from IPython.display import display as show
+
+            show(value)
+        return
+    myst_glue(name, value, display=display)
 
 
 # ----------------------------------------------------------------------------- book layout
@@ -296,11 +327,33 @@ def _device_name() -> str:
 
 
 def _clean_executed(notebook: Any) -> None:
+    """Drop papermill's traces and the standard-error streams (progress bars and warnings,
+    which the book does not show), then join what a cell printed into one output box."""
     notebook["cells"] = [c for c in notebook["cells"] if INJECTED_TAG not in _tags(c)]
     notebook["metadata"].pop("papermill", None)
     for cell in notebook["cells"]:
         for key in ("papermill", "execution"):
             cell.get("metadata", {}).pop(key, None)
+        if cell.get("cell_type") == "code":
+            cell["outputs"] = _joined_streams(cell.get("outputs", []))
+
+
+def _joined_streams(outputs: list[Any]) -> list[Any]:
+    """Outputs without stderr streams, with consecutive stdout streams merged into one."""
+    joined: list[Any] = []
+    for out in outputs:
+        if out.get("output_type") == "stream":
+            if out.get("name") == "stderr":
+                continue
+            text = "".join(out["text"]) if isinstance(out["text"], list) else out["text"]
+            previous = joined[-1] if joined else None
+            if previous is not None and previous.get("output_type") == "stream":
+                previous["text"] += text
+                continue
+            out = copy.deepcopy(out)
+            out["text"] = text
+        joined.append(out)
+    return joined
 
 
 def _sync_setup_cell(notebook: Any, url: str) -> bool:
