@@ -8,7 +8,7 @@ TORCH ?= torch torchvision
 SCALE ?= small
 CHAPTERS ?=
 
-.PHONY: all book test figures check clean
+.PHONY: all book test figures check clean browser
 
 all: test
 
@@ -22,8 +22,18 @@ book: $(VENV)/.installed
 	$(VENV)/bin/jupyter-book build .
 	@echo "The book: $(CURDIR)/_build/html/index.html"
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed browser
 	$(PY) -m pytest tests book --nbval-lax
+
+# The page test opens the rendered book in Debian's Chromium (never a downloaded browser).
+browser:
+	@if [ -z "$$STABILITYLAB_SKIP_BROWSER" ] && ! { [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; }; then \
+	  echo "Installing Debian's chromium and chromium-driver for the page test"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q chromium chromium-driver >/dev/null; } || \
+	  echo "Could not install chromium: the page test will fail (see README.md)"; \
+	fi
 
 figures: $(VENV)/.installed
 	$(PY) -m stabilitylab.book run $(CHAPTERS) --scale $(SCALE)

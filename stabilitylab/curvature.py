@@ -195,7 +195,7 @@ class HessianOperator:
         n_products: Hessian-vector products computed so far.
 
     Raises:
-        TypeError/ValueError: params that are not tensors requiring grad, of mixed dtypes or
+        TypeError or ValueError: params that are not tensors requiring grad, of mixed dtypes or
             devices; a ``loss_fn`` that does not return a scalar.
     """
 
@@ -289,7 +289,7 @@ def hvp(loss_fn: LossClosure, params: Sequence[Tensor], v: Sequence[Tensor]) -> 
         :math:`Hv`, a tuple of tensors shaped like ``params`` (detached).
 
     Raises:
-        TypeError/ValueError: params that do not require grad; ``v`` of the wrong length or shapes;
+        TypeError or ValueError: params that do not require grad; ``v`` of the wrong length or shapes;
             a ``loss_fn`` that does not return a scalar.
 
     References:
@@ -322,7 +322,7 @@ def input_hvp(loss_fn: Callable[[Tensor], Tensor], x: Tensor, v: Tensor, *, batc
         :math:`Hv`, of ``v``'s shape.
 
     Raises:
-        TypeError/ValueError: ``x`` not a floating tensor, ``v`` of the wrong shape, a ``loss_fn``
+        TypeError or ValueError: ``x`` not a floating tensor, ``v`` of the wrong shape, a ``loss_fn``
             that does not return a scalar.
     """
     if not isinstance(x, Tensor) or not x.is_floating_point():
@@ -1082,7 +1082,7 @@ class SAM(torch.optim.Optimizer):
     Mixed precision with ``torch.amp.GradScaler``: pass ``scaler=`` to both steps, and call
     ``scaler.update()`` after ``second_step``. ``first_step`` divides the (scaled) gradients by
     ``scaler.get_scale()`` to compute the perturbation from the true gradients, without touching
-    ``.grad``; when they hold an inf or NaN the perturbation is skipped (:attr:`skipped`).
+    ``.grad``; when they hold an inf or NaN the perturbation is skipped (``skipped``).
     ``second_step`` restores the parameters and calls ``scaler.step(base_optimizer)``, which
     unscales the new gradients and skips the update on inf/NaN (and the scaler then lowers its
     scale at ``update()``). Do not call ``scaler.unscale_`` on the SAM optimizer yourself.
@@ -1501,9 +1501,9 @@ def loss_landscape(
         progress: a progress bar over the grid points.
 
     Returns:
-        ``{"coordinates": (alphas,) or (alphas, betas), "loss": (A,) or (A, B),
-        "accuracy": same shape or None}`` (float64 CPU tensors); accuracy when the outputs are
-        ``(n, C)`` logits with ``C`` >= 2 and the labels class indices.
+        a dict of float64 CPU tensors, ``"coordinates"`` (``(alphas,)`` or ``(alphas, betas)``),
+        ``"loss"`` (``(A,)`` or ``(A, B)``) and ``"accuracy"`` (the same shape, or None unless the
+        outputs are ``(n, C)`` logits with ``C`` >= 2 and the labels class indices).
 
     Raises:
         ValueError: directions of the wrong names or shapes, more than two directions, empty

@@ -120,7 +120,7 @@ def power_iteration(
         pair ``(estimate, v)``.
 
     Raises:
-        TypeError/ValueError: a ``W`` that is not a finite tensor with at least two dimensions
+        TypeError or ValueError: a ``W`` that is not a finite tensor with at least two dimensions
             or a callable; a callable without ``adjoint`` or ``input_shape``; ``n_iter`` < 1;
             ``tol`` outside (0, 1).
 
@@ -249,7 +249,7 @@ def gram_iteration(
         Upper bounds, shape ``(...)``, real; with ``return_lower``, ``(upper, lower)``.
 
     Raises:
-        TypeError/ValueError: ``W`` not a finite tensor with at least two dimensions,
+        TypeError or ValueError: ``W`` not a finite tensor with at least two dimensions,
             ``n_iter`` < 0, ``tol`` outside (0, 1).
 
     References:

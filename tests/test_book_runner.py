@@ -180,3 +180,24 @@ def test_config_overrides_shrink_a_configuration(monkeypatch):
     monkeypatch.setenv("STABILITYLAB_OVERRIDES", "[1, 2]")
     with pytest.raises(ValueError, match="JSON object"):
         book.config("auto", tiny={"width": 1}, small={"width": 2}, full={"width": 3}, verbose=False)
+
+
+def test_stored_run_shows_one_box_per_printed_result_and_no_progress_bars(tiny_book):
+    path = tiny_book / "book" / "01_good.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell(
+        "import sys\nprint('first')\nsys.stdout.flush()\nsys.stderr.write('progress 50%\\r')\n"
+        "sys.stderr.flush()\nprint('second')"
+    ))
+    nbformat.write(nb, path)
+    book.run_chapter(path, scale="small", root=tiny_book, progress=False, log=lambda _: None)
+    outputs = nbformat.read(path, as_version=4).cells[-1].outputs
+    assert [(o.output_type, o.get("name")) for o in outputs] == [("stream", "stdout")]
+    assert outputs[0].text == "first\nsecond\n"
+
+
+def test_glue_names_are_checked():
+    with pytest.raises(ValueError, match="name"):
+        book.glue("two words", 1.0)
+    with pytest.raises(ValueError, match="name"):
+        book.glue("", 1.0)

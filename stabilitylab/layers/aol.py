@@ -102,7 +102,7 @@ class AOLConv2d(nn.Conv2d):
 
     The kernel applied is :math:`K_{:, i} d_i` with
     :math:`d_i = (\sum_{j, \delta} |K^\top \star K|_{ij}[\delta])^{-1/2}` (see
-    :func:`kernel_autocorrelation`), which bounds the norm of the convolution operator by 1 for
+    ``kernel_autocorrelation``), which bounds the norm of the convolution operator by 1 for
     zero and circular padding, any stride and any image size (module docstring), so the layer
     is 1-Lipschitz and its exported ``nn.Conv2d`` is valid on every size.
 

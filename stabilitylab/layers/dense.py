@@ -86,7 +86,7 @@ def _frozen_copy(tensor: Tensor | None) -> Tensor | None:
 class _SizeDependentBound:
     """Mixin for layers whose certified bound depends on the image size (a convolution's norm
     does): the size is read from every input; ``input_size`` (optional) pins it, and the last
-    size seen is what :meth:`export_module` normalizes for when none was pinned."""
+    size seen is what ``export_module()`` normalizes for when none was pinned."""
 
     def _init_size(self, input_size) -> None:
         self.input_size = None if input_size is None else _pair(input_size, "input_size", 1)
@@ -235,7 +235,7 @@ class BjorckLinear(nn.Linear):
 
     (the second from :math:`\|W\|_2^2 = \|W^\top W\|_2 \le 1 + \|W^\top W - I\|_2`, with the
     smaller Gram matrix), so the layer is 1-Lipschitz for any :math:`V` and any number of
-    steps, and :attr:`lipschitz_constant` stays 1. After enough steps every singular value is
+    steps, and ``lipschitz_constant`` stays 1. After enough steps every singular value is
     within rounding of 1 (orthonormal rows or columns: gradient-norm preserving); with too few
     steps on an ill-conditioned :math:`V` the layer is merely contracting. Convergence takes
     about :math:`\log(\sigma_1/\sigma_{\min}) / \log 1.5` steps (order 1) before the quadratic

@@ -36,14 +36,14 @@ class LLNLinear(nn.Linear):
     Guarantee: :math:`\|W_{i,:} - W_{j,:}\|_2 \le 2` for every pair of classes, so the logit
     difference :math:`f_i - f_j` is :math:`\|W_{i,:} - W_{j,:}\|`-Lipschitz on top of 1-Lipschitz
     features. The layer as a whole is :math:`\|W\|_2`-Lipschitz, :math:`1 \le \|W\|_2 \le
-    \sqrt{C}`: :attr:`lipschitz_constant` is a certified bound of it (Gram iteration in float64,
+    \sqrt{C}`: ``lipschitz_constant`` is a certified bound of it (Gram iteration in float64,
     recomputed from the current weights at every access), not 1. A zero row stays zero.
 
     Shapes: ``(*, in_features) -> (*, out_features)``.
 
     Args:
         in_features, out_features, bias, device, dtype: as :class:`torch.nn.Linear`.
-        tol: relative certified gap of the Gram iteration behind :attr:`lipschitz_constant`.
+        tol: relative certified gap of the Gram iteration behind ``lipschitz_constant``.
 
     Raises:
         ValueError: sizes < 1, ``tol`` outside (0, 1).

@@ -510,7 +510,7 @@ class CayleyConv2d(_FourierConv):
     :math:`\hat Q(-u, -v) = \overline{\hat Q(u, v)}` and the output is real: only the half
     spectrum is computed (``rfft2`` / ``irfft2``), with one batched ``torch.linalg.solve`` of
     ``n x n`` complex systems per frequency. The Cayley convolution is not a small-kernel
-    convolution: its spatial kernel covers the whole image (see :meth:`export_module`).
+    convolution: its spatial kernel covers the whole image (see ``export_module()``).
 
     Channels: input zero-padded to :math:`n = \max(\text{in}\,s^2, \text{out})` channels, first
     ``out`` outputs kept; stride ``s`` by invertible downsampling first. Singular values all 1 on
@@ -846,8 +846,9 @@ class TruncatedExpConv2d(nn.Module):
     Args:
         kernel: ``(n, n, kh, kw)``, the rescaled skew kernel.
         scale: 0-dim, the factor :math:`c = 1 / (1 + \tau)`.
-        in_channels, out_channels, stride, n_terms, padding (``"same"`` or ``"circular"``),
-        bias (``(out,)`` or None), input_size ``(h, w)``: as the exported layer.
+        in_channels, out_channels, stride, n_terms, padding, bias, input_size: as the exported
+            layer (padding ``"same"`` or ``"circular"``, bias ``(out,)`` or None, input_size
+            ``(h, w)``).
     """
 
     lipschitz_constant = 1.0

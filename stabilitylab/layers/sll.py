@@ -351,8 +351,8 @@ class CPLConv2d(_SizeDependentBound, _ResidualConv2d):
     Shapes: ``(N, in_channels, H, W) -> (N, in_channels, H, W)``.
 
     Args:
-        in_channels, out_channels, kernel_size, stride, padding, bias, inner_channels,
-        padding_mode, device, dtype: as :class:`SLLConv2d`.
+        in_channels, out_channels, kernel_size, stride, padding, bias: as :class:`SLLConv2d`.
+        inner_channels, padding_mode, device, dtype: as :class:`SLLConv2d`.
         input_size: optional ``(H, W)``; when given, other sizes are rejected.
         tol: relative certified gap of the bound's Gram iteration.
 
