@@ -100,8 +100,10 @@ def power_iteration(
 
     From a random unit vector :math:`v_0`, iterates :math:`v_{t+1} = W^* W v_t / \|W^* W v_t\|`
     and returns :math:`\|W v_T\|_2`. For every unit :math:`v`, :math:`\|W v\| \le \sigma_1(W)`,
-    so the result is a lower bound (an estimate, never a certificate); it approaches
-    :math:`\sigma_1` at the rate :math:`(\sigma_2 / \sigma_1)^{2t}`.
+    so the result is a lower bound (an estimate, never a certificate). The vector approaches
+    the top right singular vector at the rate :math:`(\sigma_2 / \sigma_1)^{2t}`, and the
+    estimate, a Rayleigh quotient, approaches :math:`\sigma_1` with a relative error of order
+    :math:`(\sigma_2 / \sigma_1)^{4t}`.
 
     Args:
         W: a matrix ``(..., m, n)`` (batched over leading dimensions, real or complex), or a
