@@ -165,11 +165,19 @@ def _pairwise_from_rows(lipschitz: float, weight: Tensor, C: int) -> Tensor:
     return lipschitz * torch.cdist(W, W)
 
 
+_LOGIT_ROUNDING_ULPS = 64
+"""The rounding error of the logits that the margins are reduced by, in units of the logits'
+dtype's unit roundoff times the largest absolute logit of the row (see :func:`certified_radius`)."""
+
+
 def _l2_radius(logits: Tensor, labels: Tensor, scalar: float | None, P: Tensor | None) -> Tensor:
-    """Float64 L2 radii (N,): 0 where the margin is <= 0."""
+    """Float64 L2 radii (N,): 0 where the margin, less the rounding allowance of the logits, is <= 0."""
     z = logits.detach().to(torch.float64)
     true = z.gather(1, labels[:, None])
-    margins = true - z  # (N, C), m_j = z_y - z_j
+    # the logits were rounded (in the forward pass and into their dtype): a margin is only
+    # trusted beyond the allowance 64 eps max_k |z_k| (float32: 7.6e-6 of the largest logit)
+    allowance = _LOGIT_ROUNDING_ULPS * torch.finfo(logits.dtype).eps * z.abs().amax(dim=1, keepdim=True)
+    margins = true - z - allowance  # (N, C), m_j = z_y - z_j less the allowance
     own = torch.nn.functional.one_hot(labels, z.shape[1]).bool()
     min_margin = margins.masked_fill(own, math.inf).amin(dim=1)
     if P is None:
@@ -227,6 +235,18 @@ def certified_radius(
     prediction is wrong or tied (:math:`\min_j m_j \le 0`), and ``inf`` where every competing
     difference is constant (pairwise constant 0, e.g. two equal rows). It is computed in
     float64 and rounded towards 0 into the logits' dtype.
+
+    Rounding of the logits: logits computed in float32 differ from the network's exact values
+    (what a float64 evaluation gives) by the rounding of the forward pass, a few units of
+    float32's precision times the size of the logits, so a certificate read off a tiny margin
+    could be unsound. Every margin is therefore reduced by the allowance
+    :math:`\tau = 64\,\epsilon\,\max_k |z_k|` (:math:`\epsilon` the unit roundoff of the
+    logits' dtype: :math:`\tau \approx 7.6 \cdot 10^{-6} \max_k |z_k|` in float32,
+    :math:`1.4 \cdot 10^{-14} \max_k |z_k|` in float64) before dividing:
+    :math:`m_j \to m_j - \tau`. The allowance assumes the forward pass loses at most 64 ulp
+    of the largest logit (measured: under 10 for plain and AOL networks, more only when the
+    logits are much smaller than the hidden activations); compute the logits in float64 for
+    a certificate that does not rest on it.
 
     Args:
         logits: ``(N, C)`` floating, finite, ``C >= 2``.

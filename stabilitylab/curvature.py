@@ -1394,11 +1394,17 @@ def filter_normalized_direction(
     for name, p in zip(names, params):
         d = _randn(p.shape, generator, p)
         w = p.detach()
+        tiny = torch.finfo(d.dtype).tiny
         if p.ndim <= 1:
-            d = torch.zeros_like(w) if ignore_1d else d * (w.norm() / d.norm().clamp_min(torch.finfo(d.dtype).tiny))
+            d = torch.zeros_like(w) if ignore_1d else d * (w.norm() / d.norm().clamp_min(tiny))
         else:
+            # one norm per output filter: a Linear weight's row, a convolution kernel's
+            # (in_channels, kh, kw) slice; vector_norm takes any number of dims (matrix_norm,
+            # which Tensor.norm picks for some tuples, would take exactly two)
             dims = tuple(range(1, p.ndim))
-            d = d * (w.norm(dim=dims, keepdim=True) / d.norm(dim=dims, keepdim=True).clamp_min(torch.finfo(d.dtype).tiny))
+            w_norm = torch.linalg.vector_norm(w, dim=dims, keepdim=True)
+            d_norm = torch.linalg.vector_norm(d, dim=dims, keepdim=True).clamp_min(tiny)
+            d = d * (w_norm / d_norm)
         out[name] = d
     return out
 

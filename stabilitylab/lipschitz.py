@@ -30,7 +30,17 @@ makes: it is not checked here (the layer's own tests check it).
 
 Anything else (an LSTM, attention, a custom module, a Sequential subclass that overrides
 ``forward``, a known module whose subclass overrides ``forward``) raises ``TypeError`` naming it:
-never a silent bound.
+never a silent bound. So does any module whose call is not its class's ``forward``: a module
+with forward hooks or pre-hooks (the model itself or any submodule, declared layers included),
+an instance-level ``forward``, or global module forward hooks
+(``torch.nn.modules.module.register_module_forward_hook`` / ``_pre_hook``). Parameters, buffers
+and activation parameters must be finite and valid (BatchNorm ``running_var + eps > 0``; see
+:func:`activation_constant`), otherwise ``ValueError`` naming the layer.
+
+The bounds and lower bounds work under the caller's ``torch.no_grad()`` or
+``torch.inference_mode()`` (gradients are switched on inside where they are needed) and leave
+the model as they found it: modes, plain attributes a forward records (e.g. the last image size
+of a size-dependent layer) and buffers are restored.
 
 Lower bounds (:func:`lower_bound`) are values the network attains: Jacobian spectral norms at
 given points and difference quotients :math:`\|f(a) - f(b)\| / \|a - b\|` found by gradient
@@ -46,6 +56,7 @@ it holds up to a relative error of a few units of float64's precision.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from collections import Counter
@@ -246,6 +257,57 @@ def _f64(t: Tensor) -> Tensor:
     return t.detach().to(device=_compute_device(t.device), dtype=torch.float64)
 
 
+def _with_autograd(fn):
+    """Run ``fn`` with autograd available whatever the caller's mode: out of
+    ``torch.inference_mode()`` and under ``torch.enable_grad()`` (the bounds and lower bounds
+    differentiate internally; the caller's ``no_grad``/``inference_mode`` must not break them)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with torch.inference_mode(False), torch.enable_grad():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+_MODULE_DICTS = ("_parameters", "_buffers", "_modules")
+
+
+@contextlib.contextmanager
+def _preserved_state(model: nn.Module):
+    """Leave every module of ``model`` as it was, whatever its forward records: plain attributes
+    (e.g. the last image size a size-dependent layer saw, a cache) are put back and new ones
+    removed, buffers changed in place are copied back. Parameters are not touched by the
+    computations here (they read them, or use float64 copies)."""
+    saved = []
+    for module in model.modules():
+        attributes = {key: value for key, value in vars(module).items() if key not in _MODULE_DICTS}
+        buffers = dict(module._buffers)
+        values = {key: b.detach().clone() for key, b in buffers.items() if isinstance(b, Tensor)}
+        saved.append((module, attributes, buffers, values))
+    try:
+        yield
+    finally:
+        for module, attributes, buffers, values in saved:
+            state = vars(module)
+            for key in [key for key in state if key not in _MODULE_DICTS and key not in attributes]:
+                del state[key]
+            state.update(attributes)
+            module._buffers.clear()
+            module._buffers.update(buffers)
+            for key, value in values.items():
+                buffer = buffers[key]
+                if buffer.shape != value.shape or not torch.equal(buffer.detach(), value):
+                    with torch.no_grad():
+                        buffer.copy_(value)
+
+
+def _normal_tensor(t: Tensor) -> Tensor:
+    """``t`` detached, cloned when it was created in inference mode (autograd cannot save those)."""
+    t = t.detach()
+    return t.clone() if t.is_inference() else t
+
+
 # ----------------------------------------------------------------------------- walking the model
 
 _RESHAPES = (nn.Flatten, nn.Unflatten, nn.Identity)
@@ -290,13 +352,53 @@ def _declared_constant(module: nn.Module) -> float | None:
     return float(value)
 
 
+def _global_hooks() -> list[str]:
+    """Names of the global forward hooks PyTorch runs around every module call
+    (``torch.nn.modules.module.register_module_forward_hook`` / ``..._pre_hook``)."""
+    from torch.nn.modules import module as module_lib
+
+    found = []
+    for attr in ("_global_forward_hooks", "_global_forward_pre_hooks"):
+        if getattr(module_lib, attr, None):
+            found.append(attr.lstrip("_").replace("_", " "))
+    return found
+
+
+def _check_plain_calls(model: nn.Module) -> None:
+    r"""Refuse (``TypeError`` naming the module) anything that makes a module's call differ from
+    its class's ``forward``: forward hooks and pre-hooks (on any submodule, the model itself
+    included), global module forward hooks, an instance-level ``forward`` (or call method), or a
+    class that overrides ``__call__``. The bounds are read off the class and its parameters, so
+    such a module would get the bound of a different function."""
+    hooks = _global_hooks()
+    if hooks:
+        raise TypeError(
+            f"model: {' and '.join(hooks)} are registered (torch.nn.modules.module."
+            "register_module_forward_hook / _pre_hook); they change every module's output, so no "
+            "bound read off the layers holds; remove them first"
+        )
+    for name, module in model.named_modules():
+        label = f"module {name or '(model)'!r} of type {type(module).__name__}"
+        if module._forward_hooks or module._forward_pre_hooks:
+            raise TypeError(
+                f"{label} has forward hooks or pre-hooks, which can change its output: no bound "
+                "read off its class holds; remove the hooks (handle.remove()) first"
+            )
+        overridden = [attr for attr in ("forward", "_call_impl", "_wrapped_call_impl") if attr in vars(module)]
+        if overridden or type(module).__call__ is not nn.Module.__call__:
+            raise TypeError(
+                f"{label} replaces its forward/call on the instance or overrides __call__: the "
+                "function it computes is not its class's, so no bound read off the class holds"
+            )
+
+
 def _leaves(module: nn.Module, prefix: str) -> list[tuple[str, nn.Module]]:
     """The layers of a (nested) Sequential in the order its forward applies them."""
     if _declared_constant(module) is None and isinstance(module, nn.Sequential):
-        if type(module).forward is not nn.Sequential.forward:
+        if type(module).forward is not nn.Sequential.forward or type(module).__iter__ is not nn.Sequential.__iter__:
             raise TypeError(
                 f"module {prefix or '(model)'!r} of type {type(module).__name__} is a Sequential "
-                "that overrides forward: its layers cannot be chained; give it a "
+                "that overrides forward (or __iter__): its layers cannot be chained; give it a "
                 "lipschitz_constant attribute or use a plain nn.Sequential"
             )
         out = []
@@ -310,6 +412,9 @@ def _leaves(module: nn.Module, prefix: str) -> list[tuple[str, nn.Module]]:
 def _kind(name: str, module: nn.Module) -> str:
     """Classify a layer (raising for what has no certified bound here)."""
     label = f"module {name or '(model)'!r} of type {type(module).__name__}"
+    for tensor_name, tensor in (*module.named_parameters(), *module.named_buffers()):
+        if tensor.is_floating_point() and not torch.isfinite(tensor.detach()).all():
+            raise ValueError(f"{label} has NaN or Inf entries in {tensor_name!r}: no bound holds for it")
     if _declared_constant(module) is not None:
         return "declared"
     for cls, kind, reference in _KNOWN:
@@ -338,8 +443,21 @@ def _kind(name: str, module: nn.Module) -> str:
                 f"{label} has track_running_stats=False: it normalizes by batch statistics even "
                 "in eval mode, which is not a fixed map"
             )
+        eps = module.eps
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps):
+            raise ValueError(f"{label} has eps={eps!r}, not a finite number")
+        if not bool((module.running_var.detach().double() + eps > 0).all()):
+            raise ValueError(
+                f"{label} has running_var + eps <= 0 in some channel: it divides by the square "
+                "root of a nonpositive number (a variance is >= 0)"
+            )
     if kind == "dropout" and module.training and module.p > 0:
         raise ValueError(f"{label} is in training mode (random and rescaled); call model.eval() first")
+    if kind == "activation":
+        try:
+            activation_constant(module)
+        except ValueError as error:
+            raise ValueError(f"{label}: {error}") from error
     if kind == "maxpool" and module.return_indices:
         raise ValueError(f"{label} has return_indices=True: its output is not a tensor")
     return kind
@@ -357,13 +475,14 @@ class _Layer:
 def _layers(model: nn.Module, input_shape: tuple[int, ...]) -> list[_Layer]:
     """Walk the model, classify every layer, then chain the layers on ``zeros(1, *input_shape)``
     (the model's forward, one layer at a time) to record every layer's input shape."""
+    _check_plain_calls(model)
     leaves = _leaves(model, "")
     kinds = [_kind(name, module) for name, module in leaves]
     dtype, device = _model_dtype_device(model)
     tried = (1, *input_shape)
     x = torch.zeros(tried, dtype=dtype, device=device)
     layers = []
-    with torch.no_grad():
+    with torch.no_grad(), _preserved_state(model):
         for (name, module), kind in zip(leaves, kinds):
             try:
                 y = module(x)
@@ -383,6 +502,7 @@ def _layers(model: nn.Module, input_shape: tuple[int, ...]) -> list[_Layer]:
 # ----------------------------------------------------------------------------- activations
 
 
+@_with_autograd
 def _sup_abs_derivative(fn: Callable[[Tensor], Tensor]) -> float:
     r""":math:`\sup_t |\sigma'(t)|` for a smooth activation whose derivative tends to constants in
     :math:`[-1, 1]` at :math:`\pm\infty` (so the sup is at most max(1, the sup on a bounded
@@ -422,52 +542,135 @@ def _numeric_constant(name: str) -> float:
     return _sup_abs_derivative(fns[name])
 
 
-def activation_constant(module: nn.Module) -> tuple[float, str]:
-    r"""The Lipschitz constant :math:`\sup_t |\sigma'(t)|` of an element-wise activation.
+def _finite_number(module: nn.Module, attribute: str) -> float:
+    """``module.<attribute>`` as a finite float, or a ValueError naming the module."""
+    value = getattr(module, attribute)
+    if isinstance(value, Tensor):
+        value = value.detach().double().item() if value.numel() == 1 else math.nan
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{type(module).__name__}.{attribute} must be a finite number, got {value!r}")
+    return float(value)
 
-    An element-wise map :math:`x \mapsto (\sigma(x_i))_i` has :math:`\ell_2` Lipschitz constant
-    exactly :math:`\sup_t |\sigma'(t)|` (perturb one coordinate where the sup is approached).
-    Values: 1 for ReLU, ReLU6/Hardtanh, CELU, Softsign, Softplus, tanh; :math:`\max(1, |a|)`
-    for LeakyReLU (slope :math:`a`), PReLU (all its slopes) and ELU (:math:`\alpha`);
-    :math:`\lambda \max(1, \alpha) \approx 1.7581` for SELU; 1/4 for the sigmoid; 1/6 for
-    Hardsigmoid; 3/2 for Hardswish (:math:`(2t + 3)/6` at :math:`t \to 3`);
+
+# Largest jump of Softplus at its switch to the identity, relative to the switch point, that is
+# accepted as rounding: the spacing of float32 numbers there (see activation_constant).
+_SOFTPLUS_JUMP = torch.finfo(torch.float32).eps
+
+
+def _softplus_constant(module: nn.Softplus) -> tuple[float, str]:
+    beta, threshold = _finite_number(module, "beta"), _finite_number(module, "threshold")
+    if beta == 0:
+        raise ValueError("Softplus.beta must be nonzero (the function is log(1 + exp(beta x)) / beta)")
+    switch = threshold / beta
+    jump = math.log1p(math.exp(-threshold)) / abs(beta) if threshold > -700 else math.inf
+    if threshold <= 0 or jump > _SOFTPLUS_JUMP * abs(switch):
+        raise ValueError(
+            f"Softplus(beta={beta}, threshold={threshold}) is not continuous: it switches to the "
+            f"identity at x = {switch:.6g} with a jump of {jump:.3g} (log(1 + exp(-threshold)) / |beta|), "
+            "so it has no Lipschitz constant; use a larger threshold (the default 20 is accepted)"
+        )
+    return 1.0, "closed form (exact)"
+
+
+def _celu_constant(module: nn.CELU) -> tuple[float, str]:
+    alpha = _finite_number(module, "alpha")
+    if alpha <= 0:
+        raise ValueError(
+            f"CELU.alpha must be > 0, got {alpha}: for x < 0 the slope is exp(x / alpha), "
+            "unbounded when alpha < 0 (and undefined at 0)"
+        )
+    return 1.0, "closed form (exact)"
+
+
+def _hardtanh_constant(module: nn.Hardtanh) -> tuple[float, str]:
+    _finite_number(module, "min_val")
+    _finite_number(module, "max_val")
+    return 1.0, "closed form (exact)"
+
+
+def _prelu_constant(module: nn.PReLU) -> tuple[float, str]:
+    weight = module.weight.detach()
+    if weight.numel() == 0 or not torch.isfinite(weight).all():
+        raise ValueError("PReLU.weight must be non-empty and finite (it holds the negative slopes)")
+    return max(1.0, weight.double().abs().max().item()), "closed form (exact)"
+
+
+def _gelu_constant(module: nn.GELU) -> tuple[float, str]:
+    if module.approximate == "none":
+        return GELU_LIPSCHITZ, "closed form (exact)"
+    if module.approximate == "tanh":
+        return _numeric_constant("gelu_tanh"), "numerical sup |f'| (float64)"
+    raise ValueError(f"GELU.approximate must be 'none' or 'tanh', got {module.approximate!r}")
+
+
+_CONSTANT = "closed form (exact)"
+_NUMERIC = "numerical sup |f'| (float64)"
+# (class, constant from the module). Order matters only for subclasses (ReLU6 is a Hardtanh).
+_ACTIVATION_CONSTANTS: tuple[tuple[type, Callable[[nn.Module], tuple[float, str]]], ...] = (
+    (nn.ReLU, lambda m: (1.0, _CONSTANT)),
+    (nn.Hardtanh, _hardtanh_constant),
+    (nn.Softsign, lambda m: (1.0, _CONSTANT)),
+    (nn.Tanh, lambda m: (1.0, _CONSTANT)),
+    (nn.Softplus, _softplus_constant),
+    (nn.CELU, _celu_constant),
+    (nn.LeakyReLU, lambda m: (max(1.0, abs(_finite_number(m, "negative_slope"))), _CONSTANT)),
+    (nn.PReLU, _prelu_constant),
+    (nn.ELU, lambda m: (max(1.0, abs(_finite_number(m, "alpha"))), _CONSTANT)),
+    (nn.SELU, lambda m: (_SELU_SCALE * max(1.0, _SELU_ALPHA), _CONSTANT)),
+    (nn.Sigmoid, lambda m: (0.25, _CONSTANT)),
+    (nn.Hardsigmoid, lambda m: (1.0 / 6.0, _CONSTANT)),
+    (nn.Hardswish, lambda m: (1.5, _CONSTANT)),
+    (nn.GELU, _gelu_constant),
+    (nn.SiLU, lambda m: (_numeric_constant("silu"), _NUMERIC)),
+    (nn.Mish, lambda m: (_numeric_constant("mish"), _NUMERIC)),
+)
+
+
+def activation_constant(module: nn.Module) -> tuple[float, str]:
+    r"""The Lipschitz constant :math:`\sup_t |\sigma'(t)|` of an element-wise activation, computed
+    from the module's own parameters.
+
+    An element-wise map :math:`x \mapsto (\sigma(x_i))_i` of a continuous, piecewise
+    differentiable :math:`\sigma` has :math:`\ell_2` Lipschitz constant exactly
+    :math:`\sup_t |\sigma'(t)|` (perturb one coordinate where the sup is approached).
+    Values: 1 for ReLU, ReLU6/Hardtanh (finite bounds), Softsign, tanh, CELU (:math:`\alpha > 0`:
+    the slope :math:`e^{t/\alpha}` for :math:`t < 0` is at most 1), Softplus (see below);
+    :math:`\max(1, |a|)` for LeakyReLU (slope :math:`a`), PReLU (all its slopes) and ELU
+    (:math:`\alpha`); :math:`\lambda \max(1, \alpha) \approx 1.7581` for SELU; 1/4 for the
+    sigmoid; 1/6 for Hardsigmoid; 3/2 for Hardswish (:math:`(2t + 3)/6` at :math:`t \to 3`);
     :data:`GELU_LIPSCHITZ` for exact GELU; computed once in float64 (see
     :func:`_sup_abs_derivative`) for the tanh-approximated GELU (~1.12899), SiLU (~1.09984) and
     Mish (~1.08850).
 
-    Softplus with ``beta * x > threshold`` switches to the identity; PyTorch's switch leaves a
-    jump of :math:`\log(1 + e^{-\mathrm{threshold}})/\beta` (2e-9 by default), ignored here.
+    Softplus switches to the identity where :math:`\beta t > \mathrm{threshold}`, which leaves a
+    jump of :math:`\log(1 + e^{-\mathrm{threshold}})/|\beta|` at :math:`t = \mathrm{threshold}/\beta`
+    (2e-9 with the defaults): a discontinuous map has no Lipschitz constant. The jump is accepted
+    as rounding (constant 1) when it is at most float32's machine epsilon times
+    :math:`|\mathrm{threshold}/\beta|` (the spacing of float32 numbers at the switch), with
+    :math:`\mathrm{threshold} > 0`; larger jumps (``threshold=1``: 0.31) are refused.
 
     Returns:
         ``(constant, method)``.
 
     Raises:
-        TypeError: a module that is not one of these activations.
+        TypeError: a module that is not one of these activations, or a subclass of one that
+            overrides ``forward``.
+        ValueError: a parameter that is NaN or infinite (LeakyReLU ``negative_slope``, PReLU
+            ``weight``, ELU/CELU ``alpha``, Softplus ``beta``/``threshold``, Hardtanh bounds), a
+            CELU with :math:`\alpha \le 0` (slope unbounded), a Softplus whose jump is above the
+            tolerance or with :math:`\beta = 0`, a GELU with an unknown ``approximate``; the
+            message names the module's class.
     """
-    if isinstance(module, (nn.ReLU, nn.Hardtanh, nn.CELU, nn.Softsign, nn.Softplus, nn.Tanh)):
-        return 1.0, "closed form (exact)"
-    if isinstance(module, nn.LeakyReLU):
-        return max(1.0, abs(float(module.negative_slope))), "closed form (exact)"
-    if isinstance(module, nn.PReLU):
-        return max(1.0, module.weight.detach().abs().max().item()), "closed form (exact)"
-    if isinstance(module, nn.ELU):
-        return max(1.0, abs(float(module.alpha))), "closed form (exact)"
-    if isinstance(module, nn.SELU):
-        return _SELU_SCALE * max(1.0, _SELU_ALPHA), "closed form (exact)"
-    if isinstance(module, nn.Sigmoid):
-        return 0.25, "closed form (exact)"
-    if isinstance(module, nn.Hardsigmoid):
-        return 1.0 / 6.0, "closed form (exact)"
-    if isinstance(module, nn.Hardswish):
-        return 1.5, "closed form (exact)"
-    if isinstance(module, nn.GELU):
-        if module.approximate == "none":
-            return GELU_LIPSCHITZ, "closed form (exact)"
-        return _numeric_constant("gelu_tanh"), "numerical sup |f'| (float64)"
-    if isinstance(module, nn.SiLU):
-        return _numeric_constant("silu"), "numerical sup |f'| (float64)"
-    if isinstance(module, nn.Mish):
-        return _numeric_constant("mish"), "numerical sup |f'| (float64)"
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"module must be an nn.Module, got {type(module).__name__}")
+    for cls, constant in _ACTIVATION_CONSTANTS:
+        if isinstance(module, cls):
+            if type(module).forward is not cls.forward:
+                raise TypeError(
+                    f"{type(module).__name__} subclasses {cls.__name__} but overrides forward: no "
+                    "constant is known for it"
+                )
+            return constant(module)
     raise TypeError(f"{type(module).__name__} is not a supported element-wise activation")
 
 
@@ -765,6 +968,7 @@ def _batchnorm_scales(bn: nn.Module) -> Tensor:
     return scale * _f64(bn.weight) if bn.weight is not None else scale
 
 
+@_with_autograd
 def _rows(model, input_shape, tol) -> tuple[list[_Layer], list[LayerBound]]:
     model = _check_model(model)
     input_shape = _check_input_shape(input_shape)
@@ -826,11 +1030,15 @@ def layer_bounds(model: nn.Module, input_shape: Sequence[int] | int, *, tol: flo
 
     Raises:
         TypeError: ``model`` not an ``nn.Module``; a layer with no known bound (named, with its
-            type).
+            type); a module with forward hooks or pre-hooks, an instance-level ``forward``, or
+            global module forward hooks registered (named).
         ValueError: ``input_shape`` malformed or not fitting the model (the message gives the
-            shape tried and the failing layer); a BatchNorm or dropout layer in training mode
-            (call ``model.eval()``); a BatchNorm without running statistics; ``tol`` outside
-            (0, 1); an invalid declared ``lipschitz_constant``.
+            shape tried and the failing layer; exported size-dependent layers reject other
+            sizes); a BatchNorm or dropout layer in training mode (call ``model.eval()``); a
+            BatchNorm without running statistics or with ``running_var + eps <= 0``; NaN or Inf
+            in a layer's parameters or buffers; an activation whose parameters give no
+            constant (see :func:`activation_constant`); ``tol`` outside (0, 1); an invalid
+            declared ``lipschitz_constant``.
 
     References:
         [virmaux2018lipschitz], [delattre2023efficient], [delattre2024spectral],
@@ -938,7 +1146,7 @@ def _float64_function(model: nn.Module, device: torch.device) -> Callable[[Tenso
     state = {}
     for name, tensor in (*model.named_parameters(), *model.named_buffers()):
         dtype = torch.float64 if tensor.is_floating_point() else tensor.dtype
-        state[name] = tensor.detach().to(device=device, dtype=dtype)
+        state[name] = _normal_tensor(tensor.to(device=device, dtype=dtype))
 
     def f(x: Tensor) -> Tensor:
         out = torch.func.functional_call(model, state, (x,))
@@ -1107,7 +1315,8 @@ def lower_bound(
     modes = [(module, module.training) for module in model.modules()]
     model.eval()
     try:
-        return _lower_bound(model, x, n_steps, step_size, n_starts, generator)
+        with _preserved_state(model):
+            return _with_autograd(_lower_bound)(model, x, n_steps, step_size, n_starts, generator)
     finally:
         for module, mode in modes:
             module.training = mode
@@ -1117,7 +1326,7 @@ def _lower_bound(model, x, n_steps, step_size, n_starts, generator) -> Tensor:
     device = _compute_device(x.device)
     f = _float64_function(model, device)
     f1 = _per_sample(f)
-    X = x.detach().to(device=device, dtype=torch.float64)
+    X = _normal_tensor(x.to(device=device, dtype=torch.float64))
     try:
         with torch.no_grad():
             f(X[:1])
@@ -1273,7 +1482,8 @@ def report(
         )
     table = []
     for layer, row in zip(layers, rows):
-        lower, lower_method = _layer_lower(layer, row.bound, generator)
+        with _preserved_state(layer.module):
+            lower, lower_method = _with_autograd(_layer_lower)(layer, row.bound, generator)
         table.append(LayerReport(row.name, row.kind, row.input_shape, row.bound, lower, row.method, lower_method))
     upper = math.prod(row.bound for row in rows)
     lower = lower_bound(model, x, n_steps=n_steps, generator=generator).item()

@@ -60,6 +60,7 @@ ABSTAIN = -1
 """The class :meth:`Smooth.predict` and :meth:`Smooth.certify` return when they abstain."""
 
 _BOUNDS = ("gaussian", "lipschitz")
+_SIGMA_HEADROOM = 64.0  # Gaussian samples beyond 64 sigma have probability below 1e-890: never drawn
 _MAPS = ("softmax", "sparsemax", "hardmax")
 
 
@@ -215,6 +216,13 @@ class Smooth:
     leave the device, so certifying costs the forward passes and little else. The noise lives on
     the device and in the dtype of the base model's parameters (the input's when it has none).
 
+    Nothing non-finite is ever counted as a vote: an input ``x`` with NaN or infinite entries
+    (or one that overflows the base model's dtype), a ``sigma`` whose noise overflows that dtype
+    (above its largest value / 64), noisy inputs that overflow, or NaN / infinite logits
+    returned by the base model on any batch raise a ValueError in ``predict``, ``certify``,
+    ``certify_lvm``, ``sample_counts`` and ``vote_frequencies`` (the arg max of NaN logits is
+    an arbitrary class, which would otherwise be certified).
+
     Args:
         base: a module mapping ``(B, *input_shape)`` to logits ``(B, num_classes)``; it is put in
             eval mode when sampling.
@@ -245,8 +253,19 @@ class Smooth:
         (with ``batched``, ``x`` is already a batch: one pass over ``x + noise``)."""
         if not isinstance(x, Tensor):
             raise TypeError(f"x must be a tensor (one input, without a batch dimension), got {type(x).__name__}")
+        if x.numel() and not bool(torch.isfinite(x).all()):
+            raise ValueError("x contains NaN or infinite entries: a smoothed classifier cannot certify them")
         device, dtype = self._placement(x)
         x = x.to(device=device, dtype=dtype)
+        if not dtype.is_floating_point:
+            raise TypeError(f"the base model's parameters must be floating point to add noise, got {dtype}")
+        if x.numel() and not bool(torch.isfinite(x).all()):
+            raise ValueError(f"x overflows the base model's dtype {dtype} (largest entry {float(x.abs().max())})")
+        if self.sigma * _SIGMA_HEADROOM > torch.finfo(dtype).max:
+            raise ValueError(
+                f"sigma={self.sigma} is too large for the base model's dtype {dtype}: Gaussian noise of that "
+                f"scale overflows (largest finite value {torch.finfo(dtype).max:.3g})"
+            )
         noise_device = generator.device if generator is not None else device
         shape = tuple(x.shape) if batched else (min(batch_size, num), *x.shape)
         buffer = torch.empty(shape, device=noise_device, dtype=dtype)
@@ -261,12 +280,23 @@ class Smooth:
                     b = min(batch_size, remaining)
                     noise = (buffer if batched else buffer[:b]).normal_(0.0, self.sigma, generator=generator)
                     noise = noise.to(device)
-                    logits = self.base(noise.add_(x) if noise_device == device else noise + x)
+                    noisy = noise.add_(x) if noise_device == device else noise + x
+                    if not bool(torch.isfinite(noisy).all()):
+                        raise ValueError(
+                            f"x + noise is not finite in {dtype} (sigma={self.sigma}, largest |x| "
+                            f"{float(x.abs().max())}): the noisy inputs overflow"
+                        )
+                    logits = self.base(noisy)
                     rows = len(noise)
                     if logits.ndim != 2 or logits.shape != (rows, self.num_classes):
                         raise ValueError(
                             f"base must return logits of shape (batch, num_classes={self.num_classes}) for inputs "
                             f"of shape {tuple(noise.shape)}, got {tuple(logits.shape)}"
+                        )
+                    if not bool(torch.isfinite(logits).all()):
+                        raise ValueError(
+                            "base returned NaN or infinite logits on noisy copies of x: no class can be "
+                            "certified from them (the arg max of NaN logits is arbitrary)"
                         )
                     yield logits
                     remaining -= b

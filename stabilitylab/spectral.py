@@ -184,25 +184,68 @@ def _frobenius(G: Tensor) -> Tensor:
     return torch.linalg.vector_norm(flat.reshape(*G.shape[:-2], -1), dim=-1)
 
 
+def _real_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.empty((), dtype=dtype).real.dtype
+
+
+def _safety(dtype: torch.dtype, inner: int) -> float:
+    r"""The relative safety margin of the certified bounds computed in ``dtype``:
+    :math:`1 + (8 + 2\sqrt{n})\,\epsilon` with :math:`\epsilon` the unit roundoff of ``dtype``
+    and :math:`n` the length of the longest sum of products the bound is made of. Rounding
+    errors of sums of :math:`n` products are of order :math:`\sqrt{n}\,\epsilon` in relative
+    terms (each Gram step squares the iterate, then the :math:`2^t`-th root divides the relative
+    error of step :math:`t` by :math:`2^t`, so the first products dominate), and the 8 covers the
+    normalizations, the logarithms (float64) and the final rounding into ``dtype``. A
+    worst-case bound would be :math:`n\,\epsilon` times the stable rank: the margin is a few
+    ulp, not an interval-arithmetic guarantee."""
+    return 1.0 + (8.0 + 2.0 * math.sqrt(inner)) * torch.finfo(dtype).eps
+
+
+def _round(x: Tensor, dtype: torch.dtype, *, up: bool) -> Tensor:
+    """``x`` (float64) in ``dtype``, rounded towards +inf (``up``) or -inf, differentiable (the
+    one-ulp correction is constant)."""
+    y = x.to(dtype)
+    if dtype == torch.float64:
+        return y
+    y0, x0 = y.detach(), x.detach()
+    off = (y0.to(torch.float64) < x0) if up else (y0.to(torch.float64) > x0)
+    target = torch.full_like(y0, math.inf if up else -math.inf)
+    return y + torch.where(off, torch.nextafter(y0, target) - y0, torch.zeros_like(y0))
+
+
+def _unit_peak(A: Tensor) -> tuple[Tensor, Tensor]:
+    """(A / max|A| per matrix, max|A| in float64: 0 for a zero matrix, which stays zero).
+    Dividing a denormal or huge matrix by its largest entry is exact up to one rounding and
+    brings its entries into [-1, 1], so no product or norm that follows can overflow or
+    underflow; the gradient stays finite at zero. The peak is kept as a float64 factor, not a
+    logarithm: exp(log(p)) would lose |log p| ulp (a 1e-45 float64 weight: 100 ulp)."""
+    peak = A.abs().amax(dim=(-2, -1))
+    safe = torch.where(peak > 0, peak, torch.ones_like(peak))
+    return A / safe[..., None, None], peak.to(torch.float64)
+
+
 def _rayleigh_lower(A: Tensor, G: Tensor) -> Tensor:
-    """A lower bound of sigma_1(A): ||A v|| / ||v|| for v the largest column of G (which, after a
-    few Gram steps, points along the top right singular vector of A)."""
+    """A lower bound of sigma_1(A), in float64: ||A v|| / ||v|| for v the largest column of G
+    (which, after a few Gram steps, points along the top right singular vector of A). A and G
+    should have entries of order 1 (see _unit_peak): the products are made in their dtype."""
     columns = _squared_sum(G, (-2,))
     index = columns.argmax(dim=-1)
     v = torch.gather(G, -1, index[..., None, None].expand(*G.shape[:-1], 1))
     Av = A @ v
-    tiny = torch.finfo(columns.dtype).tiny
-    return (_squared_sum(Av, (-2, -1)) / _squared_sum(v, (-2, -1)).clamp_min(tiny)).sqrt()
+    ratio = _squared_sum(Av, (-2, -1)).to(torch.float64) / _squared_sum(v, (-2, -1)).to(torch.float64)
+    return torch.nan_to_num(ratio, nan=0.0).sqrt()
 
 
-def _gram_state(A: Tensor) -> tuple[Tensor, Tensor]:
+def _gram_state(A: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """First Gram step on the smaller side, from A rescaled to unit Frobenius norm so that the
-    product cannot overflow: (normalized A^*A or AA^*, log of the scale c with
-    sigma_1(A)^2 <= c)."""
-    peak = A.abs().amax(dim=(-2, -1)).clamp_min(torch.finfo(A.real.dtype).tiny)
-    A, log_a = _normalized(A / peak[..., None, None])
-    G, log_g = _normalized(_gram(A))
-    return G, 2 * (torch.log(peak) + log_a) + log_g
+    product cannot overflow: (A / max|A|, normalized G = A_n^*A_n or A_n A_n^*, float64 log of
+    ||G||_F, the float64 factor s = ||A||_F with A = s A_n, the float64 max|A|). Then
+    sigma_1(A) <= s ||G||_F^(1/2)."""
+    A_unit, peak = _unit_peak(A)
+    frob = _frobenius(A_unit)
+    safe = torch.where(frob > 0, frob, torch.ones_like(frob))
+    G, log_g = _normalized(_gram(A_unit / safe[..., None, None]))
+    return A_unit, G, log_g, peak * frob.to(torch.float64), peak
 
 
 def _gram(A: Tensor) -> Tensor:
@@ -214,8 +257,36 @@ def _gram(A: Tensor) -> Tensor:
 
 
 def _normalized(G: Tensor) -> tuple[Tensor, Tensor]:
-    r = _frobenius(G).clamp_min(torch.finfo(G.real.dtype).tiny)
-    return G / r[..., None, None], torch.log(r)
+    """(G / ||G||_F, log ||G||_F in float64; -inf for a zero G, which stays zero). The norm is
+    taken of G divided by its largest entry, so it neither overflows nor underflows."""
+    G_unit, peak = _unit_peak(G)
+    r = _frobenius(G_unit)
+    safe = torch.where(r > 0, r, torch.ones_like(r))
+    norm = peak * r.to(torch.float64)
+    positive = norm > 0
+    log_norm = torch.log(torch.where(positive, norm, torch.ones_like(norm)))  # no inf gradient at 0
+    return G_unit / safe[..., None, None], torch.where(positive, log_norm, torch.full_like(log_norm, -math.inf))
+
+
+def _gram_bound64(W: Tensor, n_iter: int, tol: float | None) -> tuple[Tensor, Tensor]:
+    """(upper, lower) bounds of sigma_1 for each matrix of W, in float64, before the safety
+    margin: the body of gram_iteration (W checked)."""
+    A = W if W.shape[-1] <= W.shape[-2] else W.mH
+    if n_iter == 0:
+        A_unit, peak = _unit_peak(A)
+        return peak * _frobenius(A_unit).to(torch.float64), peak * _rayleigh_lower(A_unit, _gram(A_unit))
+    A_unit, G, log_scale, factor, peak = _gram_state(A)
+    power = 2.0  # log_scale bounds log sigma_1(A_n)^power
+    for _ in range(n_iter - 1):
+        if tol is not None:
+            upper = factor * torch.exp(log_scale / power)
+            lower = peak * _rayleigh_lower(A_unit, G)
+            if torch.all(upper <= (1 + tol) * lower):
+                break
+        G, log_r = _normalized(G @ G)
+        log_scale = 2 * log_scale + log_r
+        power *= 2
+    return factor * torch.exp(log_scale / power), peak * _rayleigh_lower(A_unit, G)
 
 
 def gram_iteration(
@@ -235,8 +306,18 @@ def gram_iteration(
         = \sigma_1(W) \Bigl(\sum_i (\sigma_i / \sigma_1)^{2^{t+1}}\Bigr)^{1/2^{t+1}},
 
     which converges to :math:`\sigma_1(W)` quadratically once the spectral gap is resolved
-    [delattre2023efficient]. Each iterate is rescaled to unit Frobenius norm and the scales are
-    accumulated in logarithms, so nothing overflows; the result is differentiable.
+    [delattre2023efficient]. ``W`` is first divided by its largest entry, each iterate is
+    rescaled to unit Frobenius norm (after division by its largest entry) and the scales are
+    accumulated in float64 logarithms, so nothing overflows or underflows for any finite ``W``
+    of any dtype (denormal entries included); the result is differentiable.
+
+    Floating point: the bound is multiplied by the safety margin
+    :math:`1 + (8 + 2\sqrt{m})\,\epsilon` (:math:`\epsilon` the unit roundoff of ``W``'s dtype,
+    :math:`m` the longer side of ``W``, the length of the sums of the first Gram product) and
+    rounded up into ``W``'s real dtype, so that the rounding of the products and norms made in
+    that dtype (of order :math:`\sqrt{m}\,\epsilon`) cannot bring it below the norm; the lower
+    bound is divided by the same margin and rounded down. In float32 the margin is about
+    :math:`10^{-6}` for small matrices (:math:`5 \cdot 10^{-6}` for ``m = 256``).
 
     Args:
         W: ``(..., m, n)``, real or complex; batched over leading dimensions.
@@ -260,23 +341,11 @@ def gram_iteration(
     W = _check_finite_tensor(W, "W", min_dim=2)
     tol = _check_tol(tol)
     n_iter = (6 if tol is None else 40) if n_iter is None else _check_count(n_iter, "n_iter", 0)
-    A = W if W.shape[-1] <= W.shape[-2] else W.mH
-    if n_iter == 0:
-        peak = W.abs().amax(dim=(-2, -1))
-        upper = peak * _frobenius(W / peak.clamp_min(torch.finfo(peak.dtype).tiny)[..., None, None])
-        return (upper, _rayleigh_lower(A, _gram(A))) if return_lower else upper
-    G, log_scale = _gram_state(A)
-    power = 2.0
-    for _ in range(n_iter - 1):
-        if tol is not None:
-            upper = torch.exp(log_scale / power)
-            if torch.all(upper <= (1 + tol) * _rayleigh_lower(A, G)):
-                break
-        G, log_r = _normalized(G @ G)
-        log_scale = 2 * log_scale + log_r
-        power *= 2
-    upper = torch.exp(log_scale / power)
-    return (upper, _rayleigh_lower(A, G)) if return_lower else upper
+    upper, lower = _gram_bound64(W, n_iter, tol)
+    real = _real_dtype(W.dtype)
+    margin = _safety(real, max(W.shape[-2:]))
+    upper = _round(upper * margin, real, up=True)
+    return (upper, _round(lower / margin, real, up=False)) if return_lower else upper
 
 
 # ----------------------------------------------------------------------------- convolutions
@@ -414,8 +483,11 @@ def _spatial_gram(kernel: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     the scale."""
     if kernel.shape[1] > kernel.shape[0]:
         kernel = kernel.flip(-2, -1).transpose(0, 1)
-    scale = _frobenius(kernel.flatten(1)).clamp_min(torch.finfo(kernel.dtype).tiny)
-    kernel = kernel / scale
+    unit, peak = _unit_peak(kernel.flatten(1))  # entries in [-1, 1]: the norm cannot overflow
+    norm = _frobenius(unit)
+    safe = torch.where(norm > 0, norm, torch.ones_like(norm))
+    kernel = (unit / safe).reshape(kernel.shape)
+    scale = peak * norm.to(torch.float64)  # float64, 0 for a zero kernel
     return kernel, _self_convolution(_autocorrelation(kernel)), scale
 
 
@@ -432,12 +504,15 @@ def _circular_gram_bound(
     falls below the best lower bound are dropped (they cannot hold the maximum), and the others
     are squared until the certified gap is below tol or n_iter Gram steps in all were made."""
     if tol is None or (n_iter is not None and n_iter < 2):
-        return gram_iteration(_periodized_spectrum(kernel, size), n_iter=n_iter).max()
+        unit, peak = _unit_peak(kernel.flatten(1))  # a denormal kernel's spectrum would underflow
+        blocks = _periodized_spectrum(unit.reshape(kernel.shape), size)
+        steps = 6 if n_iter is None else n_iter
+        return _gram_bound64(blocks, steps, None)[0].max() * peak
     kernel, second_step, scale = spatial if spatial is not None else _spatial_gram(kernel)
     G, log_scale = _normalized(_periodized_spectrum(second_step, size))
     rows = torch.arange(len(G), device=G.device)
     power = 4.0  # G holds (A^*A)^2 at every frequency, up to a phase: two Gram steps made
-    lower = torch.zeros((), dtype=log_scale.dtype, device=log_scale.device)
+    lower = torch.zeros((), dtype=torch.float64, device=log_scale.device)
     evaluations = 39 if n_iter is None else n_iter - 1  # bounds after 2, 3, ..., n_iter steps
     for step in range(evaluations):
         upper = torch.exp(log_scale / power)
@@ -546,6 +621,13 @@ def conv_spectral_norm(
     convolution with more input channels); for zero padding the bound applies to the strided
     circular convolution on the grid :math:`N`, a multiple of the stride.
 
+    Floating point (``"gram"``): the kernel is divided by its largest entry and the scales are
+    kept in float64, so any finite kernel (denormal to 1e38 in float32, an all-zero one giving 0)
+    gets a finite bound; the bound is multiplied by the safety margin
+    :math:`1 + (8 + 2\sqrt{n})\,\epsilon` with :math:`n = \max(c_{out}, c_{in})\, k_h k_w`
+    and :math:`\epsilon` the kernel dtype's unit roundoff (see :func:`gram_iteration`), then
+    rounded up into the kernel's dtype. ``"exact"`` and ``"power"`` are estimates, without margin.
+
     Args:
         kernel: ``(c_out, c_in, kh, kw)``, real, float32 or float64; rectangular kernels are fine.
         input_size: ``n`` or ``(h, w)``, the size of the input images.
@@ -584,7 +666,7 @@ def conv_spectral_norm(
         if method == "gram":
             conv_transfer_matrices(kernel[:1, :1], (h, w), stride=stride_hw)  # checks sizes only
             grid = (h // stride_hw[0], w // stride_hw[1])
-            return _circular_gram_bound(_polyphase(kernel, stride_hw), grid, n_iter, tol).to(kernel.dtype)
+            return _certified_conv(_circular_gram_bound(_polyphase(kernel, stride_hw), grid, n_iter, tol), kernel)
         blocks = conv_transfer_matrices(kernel, (h, w), stride=stride_hw)
         if method == "exact":
             return torch.linalg.matrix_norm(blocks, ord=2).max().to(kernel.dtype)
@@ -617,4 +699,12 @@ def conv_spectral_norm(
     ):
         grid = (n_h // stride_hw[0], n_w // stride_hw[1])
         bounds.append(_circular_gram_bound(poly, grid, n_iter, tol, spatial))
-    return torch.stack(bounds).min().to(kernel.dtype)
+    return _certified_conv(torch.stack(bounds).min(), kernel)
+
+
+def _certified_conv(bound: Tensor, kernel: Tensor) -> Tensor:
+    """A float64 Gram bound of a convolution times the safety margin (:func:`_safety`, with the
+    longest sums those of the autocorrelation and the Fourier transform: ``max(c_out, c_in) kh
+    kw`` terms), rounded up into the kernel's dtype."""
+    c_out, c_in, kh, kw = kernel.shape
+    return _round(bound.to(torch.float64) * _safety(kernel.dtype, max(c_out, c_in) * kh * kw), kernel.dtype, up=True)

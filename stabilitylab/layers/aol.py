@@ -44,9 +44,21 @@ def aol_scaling(gram: Tensor) -> Tensor:
     r"""The AOL rescaling :math:`d_i = (\sum_j |G_{ij}|)^{-1/2}` of a Gram matrix ``(n, n)``
     (``gram`` may also be a stack ``(n, n, *)`` whose trailing dimensions are summed too, as
     for the autocorrelation of a kernel). A zero row (a zero column of :math:`W`) gets a
-    finite scale, which multiplies zeros."""
-    sums = gram.abs().flatten(1).sum(dim=1)
-    return sums.clamp_min(torch.finfo(sums.dtype).tiny).rsqrt()
+    finite scale (1), which multiplies zeros.
+
+    Floating point: the sums are accumulated in float64 and the scales are multiplied by
+    :math:`1 - 8\,\epsilon` (:math:`\epsilon` the unit roundoff of ``gram``'s dtype), a safety
+    margin for the rounding of the Gram matrix and of the product :math:`WD` in the working
+    dtype, so that an (almost) orthogonal :math:`W`, whose scales are 1 up to rounding, does not
+    come out a few ulp above norm 1. Callers should rescale :math:`W` first (the layers divide it
+    by its largest entry: :math:`WD` is invariant under :math:`W \to cW`) so that the Gram
+    matrix neither overflows nor underflows."""
+    sums = gram.abs().flatten(1).to(torch.float64).sum(dim=1)
+    eps = torch.finfo(gram.dtype).eps
+    # a zero sum (a zero column, or one whose Gram entries underflowed) gets the scale 1: any
+    # scale at most the theorem's keeps ||WD|| <= 1, and 1 keeps the gradient finite
+    scale = torch.where(sums > 0, sums, torch.ones_like(sums)).rsqrt() * (1 - 8 * eps)
+    return scale.to(gram.dtype)
 
 
 def kernel_autocorrelation(kernel: Tensor) -> Tensor:
@@ -56,6 +68,14 @@ def kernel_autocorrelation(kernel: Tensor) -> Tensor:
     kh, kw = kernel.shape[-2:]
     by_input = kernel.transpose(0, 1)  # (c_in, c_out, kh, kw): batch i, channels o
     return F.conv2d(by_input, by_input, padding=(kh - 1, kw - 1)).transpose(0, 1)
+
+
+def _unit_peak(weight: Tensor) -> Tensor:
+    """``weight`` divided by its largest absolute entry (an all-zero weight stays zero): the AOL
+    rescaling is invariant under scaling the weight, and this keeps its Gram matrix finite and
+    normal for weights from 1e-38 to 1e38 (float32 products of 1e20 entries overflow)."""
+    peak = weight.detach().abs().amax()
+    return weight / torch.where(peak > 0, peak, torch.ones_like(peak))
 
 
 class AOLLinear(nn.Linear):
@@ -85,7 +105,7 @@ class AOLLinear(nn.Linear):
 
     def normalized_weight(self) -> Tensor:
         """The weight applied, :math:`W D`, shape ``(out_features, in_features)``."""
-        W = self.weight
+        W = _unit_peak(self.weight)
         return W * aol_scaling(W.mT @ W)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -160,8 +180,9 @@ class AOLConv2d(nn.Conv2d):
 
     def normalized_weight(self) -> Tensor:
         """The kernel applied, ``(out_channels, in_channels, kh, kw)``."""
-        scale = aol_scaling(kernel_autocorrelation(self.weight))
-        return self.weight * scale[None, :, None, None]
+        kernel = _unit_peak(self.weight)
+        scale = aol_scaling(kernel_autocorrelation(kernel))
+        return kernel * scale[None, :, None, None]
 
     def forward(self, x: Tensor) -> Tensor:
         x, pad = _pad_input(x, self.padding, self.padding_mode)

@@ -8,7 +8,8 @@ r"""Dense and convolutional layers normalized by certified bounds of their spect
   :func:`stabilitylab.spectral.conv_spectral_norm` for the padding it uses and the size of the
   images it is given.
 
-None keeps state between calls (no power-iteration vectors), so the outputs are the same in
+An all-zero weight is a valid parameter: its bound is 0, the division is guarded, and the layer
+outputs its bias (still 1-Lipschitz). None keeps state between calls (no power-iteration vectors), so the outputs are the same in
 training and evaluation mode. Each has ``export_module()``, returning a plain ``nn.Linear`` /
 ``nn.Conv2d`` with the normalized weight (see :func:`stabilitylab.layers.export`).
 """
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from stabilitylab._checks import check_int as _check_int
-from stabilitylab.spectral import conv_spectral_norm, gram_iteration
+from stabilitylab.spectral import _round, _safety, conv_spectral_norm, gram_iteration
 
 __all__ = ["SpectralLinear", "BjorckLinear", "SpectralConv2d"]
 
@@ -156,7 +157,7 @@ class SpectralLinear(nn.Linear):
 
     def normalized_weight(self) -> Tensor:
         """The weight actually applied, ``V / bound(V)``, shape ``(out_features, in_features)``."""
-        return self.weight / gram_iteration(self.weight, n_iter=self.n_iter)
+        return self.weight / _positive(gram_iteration(self.weight, n_iter=self.n_iter))
 
     def forward(self, x: Tensor) -> Tensor:
         return nn.functional.linear(x, self.normalized_weight(), self.bias)
@@ -168,6 +169,14 @@ class SpectralLinear(nn.Linear):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", n_iter={self.n_iter}"
+
+
+def _positive(bound: Tensor) -> Tensor:
+    """The divisor of a weight by its certified bound: the bound itself, or 1 where it is 0. A
+    certified bound is 0 only for an all-zero weight (it is at least the norm, rounded up), which
+    is then divided into zeros (the layer outputs its bias, 1-Lipschitz) instead of 0/0 = NaN, and
+    gets a finite gradient (W / ||W|| has none at 0)."""
+    return torch.where(bound > 0, bound, torch.ones_like(bound))
 
 
 def _linear_with(weight: Tensor, bias: Tensor | None) -> nn.Linear:
@@ -279,9 +288,9 @@ class BjorckLinear(nn.Linear):
 
     def normalized_weight(self) -> Tensor:
         """The weight actually applied, shape ``(out_features, in_features)``, norm <= 1."""
-        W = self.weight / gram_iteration(self.weight, n_iter=self.gram_iter)
+        W = self.weight / _positive(gram_iteration(self.weight, n_iter=self.gram_iter))
         W = bjorck_orthonormalize(W, n_iter=self.n_iter, order=self.order)
-        return W / _orthonormal_bound(W, self.gram_iter)
+        return W / _positive(_orthonormal_bound(W, self.gram_iter))
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(x, self.normalized_weight(), self.bias)
@@ -296,11 +305,16 @@ class BjorckLinear(nn.Linear):
 
 
 def _orthonormal_bound(W: Tensor, gram_iter: int) -> Tensor:
-    r"""Certified :math:`\min(\hat\sigma(W), \sqrt{1 + \|W^\top W - I\|_F}) \ge \|W\|_2`."""
-    A = W.mT @ W if W.shape[-2] >= W.shape[-1] else W @ W.mT
-    eye = torch.eye(A.shape[-1], dtype=W.dtype, device=W.device)
-    near = torch.sqrt(1 + torch.linalg.matrix_norm(A - eye))
-    return torch.minimum(gram_iteration(W, n_iter=gram_iter), near)
+    r"""Certified :math:`\min(\hat\sigma(W), \sqrt{1 + \|W^\top W - I\|_F}) \ge \|W\|_2`.
+
+    The second bound is computed in float64 (the products of the entries are exact there), times
+    the safety margin of :func:`stabilitylab.spectral.gram_iteration` (which also covers the
+    rounding of the division of ``W`` by the bound), and rounded up into ``W``'s dtype."""
+    W64 = W.to(torch.float64)
+    A = W64.mT @ W64 if W.shape[-2] >= W.shape[-1] else W64 @ W64.mT
+    eye = torch.eye(A.shape[-1], dtype=torch.float64, device=W.device)
+    near = torch.sqrt(1 + torch.linalg.matrix_norm(A - eye)) * _safety(W.dtype, max(W.shape[-2:]))
+    return torch.minimum(gram_iteration(W, n_iter=gram_iter), _round(near, W.dtype, up=True))
 
 
 # ----------------------------------------------------------------------------- convolutions
@@ -382,7 +396,7 @@ class SpectralConv2d(_SizeDependentBound, nn.Conv2d):
 
     def normalized_weight(self, input_size: int | tuple[int, int]) -> Tensor:
         """The kernel applied to ``input_size`` images, ``K / bound``."""
-        return self.weight / self.bound(input_size)
+        return self.weight / _positive(self.bound(input_size))
 
     def forward(self, x: Tensor) -> Tensor:
         weight = self.normalized_weight(self._size_for(x))

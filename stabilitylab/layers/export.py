@@ -48,8 +48,13 @@ def export(model: nn.Module) -> nn.Module:
     ``export_module`` and are kept as they are; a layer whose certified bound depends on the
     image size (:class:`~stabilitylab.layers.SpectralConv2d`,
     :class:`~stabilitylab.layers.CPLConv2d`) is exported for the size it was built for or last
-    called on. Declared ``lipschitz_constant`` attributes survive where the exported module is
-    not a plain layer, so :func:`stabilitylab.lipschitz.upper_bound` still applies to the result.
+    called on, and the exported module is valid for that size only: a CPLConv2d's
+    :class:`~stabilitylab.layers.ExportedResidual` and an SOC layer's
+    :class:`~stabilitylab.layers.TruncatedExpConv2d` reject other sizes (``ValueError``), while
+    the plain ``nn.Conv2d`` of a SpectralConv2d or a Cayley/BRO convolution is bounded on any
+    size by :func:`stabilitylab.lipschitz.upper_bound` from its actual weights. Declared
+    ``lipschitz_constant`` attributes survive where the exported module is not a plain layer,
+    so :func:`stabilitylab.lipschitz.upper_bound` still applies to the result.
 
     Args:
         model: any ``nn.Module``.

@@ -23,10 +23,11 @@ side. Stride ``s`` in the convolutions is an invertible downsampling (space-to-d
 
 No layer keeps state between calls (no power iteration): outputs are the same in training and
 evaluation mode. The convolutions cache their per-frequency matrices only in evaluation mode
-without autograd, keyed on the weight's storage and version counter, so a parameter update or
-a new input size recomputes them. ``export_module()`` returns plain torch modules computing the
-same function (``nn.Linear``, a full-size circular ``nn.Conv2d``, or the fixed-weight
-:class:`TruncatedExpConv2d` for SOC).
+without autograd, keyed on the weight's values (compared with a stored copy), dtype, device,
+the input size and the layer's settings, so any parameter update (including in-place ones
+through ``weight.data``, which the version counter misses) or a new input size recomputes them.
+``export_module()`` returns plain torch modules computing the same function (``nn.Linear``, a
+full-size circular ``nn.Conv2d``, or the fixed-weight :class:`TruncatedExpConv2d` for SOC).
 """
 
 from __future__ import annotations
@@ -152,7 +153,12 @@ def _exp_tail(s: Tensor, n_terms: int, s_max: float) -> Tensor:
     r"""Certified :math:`\sum_{j > K} s^j / j!` for a tensor :math:`0 \le s \le s_{\max}`: the
     terms :math:`K+1, \dots, K+J` summed, plus :math:`t_{K+J} \frac{s}{K+J+1} / (1 - q)`,
     :math:`q = \frac{s}{K+J+2} \le \frac12`, which bounds the rest (each further term is at
-    most :math:`q` times the previous one). Tensor operations only (no host sync)."""
+    most :math:`q` times the previous one). Every operation is a product, quotient or sum of
+    nonnegative numbers, each rounded with relative error at most :math:`u` (the unit roundoff
+    of ``s``'s dtype), so the computed value is within a factor :math:`(1 + u)^{m}` of the exact
+    one, :math:`m \le 3(K + J) + 8` operations on the longest path; the result is multiplied
+    by :math:`1 + 4(K + J + 3)\,\epsilon` (:math:`\epsilon = 2u`, machine epsilon) to stay an
+    upper bound in floating point. Tensor operations only (no host sync)."""
     term = torch.ones_like(s)
     for j in range(1, n_terms + 1):
         term = term * s / j
@@ -162,7 +168,8 @@ def _exp_tail(s: Tensor, n_terms: int, s_max: float) -> Tensor:
         term = term * s / j
         tail = tail + term
     last = n_terms + n_extra
-    return tail + term * s / (last + 1) / (1 - s / (last + 2))
+    margin = 1 + 4 * (last + 3) * torch.finfo(s.dtype).eps
+    return (tail + term * s / (last + 1) / (1 - s / (last + 2))) * margin
 
 
 # ----------------------------------------------------------------------------- dense layers
@@ -402,19 +409,36 @@ class _OrthogonalConv(nn.Module):
             y = y + self.bias[:, None, None]
         return y.squeeze(0) if unbatched else y
 
+    def _cache_key(self, grid: tuple[int, int]) -> tuple:
+        """Everything besides the weight's values that the cached tensors depend on."""
+        settings = tuple(getattr(self, name, None) for name in ("eps", "max_norm", "n_terms", "padding", "rank"))
+        return (tuple(grid), self.kernel_size, self.stride, self.in_channels, self.out_channels, settings)
+
     def _cached(self, grid: tuple[int, int], compute):
         """compute() in training mode or with autograd on; otherwise its cached value, recomputed
-        when the weight (the tensor itself, its storage, version counter, dtype, device) or the grid
-        changes. In-place updates (optimizer steps, ``load_state_dict``) bump the version counter;
-        ``.to()`` changes the storage."""
+        unless the weight has the same dtype, device, shape and *values* as when it was cached
+        (compared entry by entry with a stored copy, which costs one pass over the weight) and
+        the grid and settings are the same. Comparing values rather than the version counter
+        catches every way of changing a parameter: optimizer steps, ``load_state_dict``,
+        ``.to()``, and in-place updates through ``weight.data``, which bypass the counter."""
         if self.training or torch.is_grad_enabled():
             self._cache = None
             return compute()
-        w = self.weight
-        key = (grid, w.data_ptr(), w._version, w.dtype, w.device, tuple(w.shape))
-        if self._cache is None or self._cache[0] is not w or self._cache[1] != key:
-            self._cache = (w, key, compute())
-        return self._cache[2]
+        w = self.weight.detach()
+        key = self._cache_key(grid)
+        cache = self._cache
+        if (
+            cache is not None
+            and cache[0] == key
+            and cache[1].dtype == w.dtype
+            and cache[1].device == w.device
+            and cache[1].shape == w.shape
+            and torch.equal(cache[1], w)
+        ):
+            return cache[2]
+        value = compute()
+        self._cache = (key, w.clone(), value)
+        return value
 
     def __getstate__(self):
         state = self.__dict__.copy()

@@ -63,17 +63,41 @@ class ExportedResidual(nn.Module):
     r"""What the residual layers export to: :math:`x \mapsto x - \mathrm{outer}(\mathrm{relu}
     (\mathrm{inner}(x)))` with two plain, frozen ``nn.Linear`` or ``nn.Conv2d`` modules (the
     factor :math:`2 T^{-1}` folded into ``outer``). It declares the constant of the layer it was
-    exported from (1)."""
+    exported from (1).
+
+    That constant holds on every input the module accepts. When the factor :math:`T^{-1}`
+    depends on the image size (:class:`CPLConv2d`: :math:`1/\hat\sigma^2` with
+    :math:`\hat\sigma` the convolution's norm on images of that size, which grows with the size
+    for zero padding and changes with it for circular padding), ``input_size`` records the
+    ``(H, W)`` it was computed for and any other size raises ``ValueError``; ``None`` (SLL, dense
+    layers) accepts every size, for which the exported map is 1-Lipschitz.
+
+    Args:
+        inner, outer: the two frozen modules.
+        input_size: ``(H, W)`` the exported weights are valid for, or None for every size.
+
+    Raises:
+        ValueError: (at call time) an input whose last two dimensions differ from ``input_size``.
+    """
 
     lipschitz_constant = 1.0
 
-    def __init__(self, inner: nn.Module, outer: nn.Module) -> None:
+    def __init__(self, inner: nn.Module, outer: nn.Module, input_size: tuple[int, int] | None = None) -> None:
         super().__init__()
         self.inner = inner
         self.outer = outer
+        self.input_size = None if input_size is None else (int(input_size[0]), int(input_size[1]))
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.input_size is not None and (x.ndim < 3 or tuple(x.shape[-2:]) != self.input_size):
+            raise ValueError(
+                f"this ExportedResidual was exported for images of size {self.input_size} (its "
+                f"1-Lipschitz scaling depends on the size), got an input of shape {tuple(x.shape)}"
+            )
         return x - self.outer(F.relu(self.inner(x)))
+
+    def extra_repr(self) -> str:
+        return "" if self.input_size is None else f"input_size={self.input_size}"
 
 
 def _check_residual_sizes(size: int, out, name: str, inner, inner_name: str) -> int:
@@ -271,11 +295,11 @@ class _ResidualConv2d(nn.Module):
         z = F.relu(self._conv(x, self.weight, self.bias)) * t_inv[:, None, None]
         return x - 2 * self._conv(z, self.adjoint_kernel(), None)
 
-    def _export(self, t_inv: Tensor) -> ExportedResidual:
+    def _export(self, t_inv: Tensor, input_size: tuple[int, int] | None = None) -> ExportedResidual:
         geometry = nn.Conv2d(1, 1, self.kernel_size, padding=self.padding, padding_mode=self.padding_mode)
         inner = _conv_with(geometry, self.weight, self.bias)
         outer = _conv_with(geometry, 2 * self.adjoint_kernel() * t_inv[None, :, None, None], None)
-        return ExportedResidual(inner, outer)
+        return ExportedResidual(inner, outer, input_size)
 
     def extra_repr(self) -> str:
         return (
@@ -397,6 +421,12 @@ class CPLConv2d(_SizeDependentBound, _ResidualConv2d):
     @torch.no_grad()
     def export_module(self) -> ExportedResidual:
         """:class:`ExportedResidual` of two frozen ``nn.Conv2d``, scaled for ``input_size`` (or the
-        last image size seen): certified for that size only."""
-        bound = self.bound(self._export_size())
-        return self._export(_safe_inverse(bound.square()).expand(self.inner_channels))
+        last image size seen): certified for that size only, so the exported module records it
+        and rejects inputs of any other size (``ValueError``).
+
+        Raises:
+            ValueError: no ``input_size`` was given and the layer was never called.
+        """
+        size = self._export_size()
+        bound = self.bound(size)
+        return self._export(_safe_inverse(bound.square()).expand(self.inner_channels), size)
