@@ -118,7 +118,10 @@ def test_chapters_are_numbered_with_captioned_figures(html):
         for figure in figures:
             assert re.search(rf"Fig\. {number}\.\d+", figure), f"{chapter.stem}: unnumbered figure"
             assert re.search(r"<figcaption>.*\w+.*</figcaption>", figure, flags=re.S)
-        for label in re.findall(r"(Theorem|Exercise|Definition|Proposition|Lemma) (\d+)\.(\d+)", text):
+        # The chapter's own theorems and exercises (their titles), not references to other chapters'.
+        own = r"caption-number\">(Theorem|Exercise|Definition|Proposition|Lemma) (\d+)\.(\d+)"
+        assert re.findall(own, text), f"{chapter.stem}: no numbered theorem or exercise"
+        for label in re.findall(own, text):
             assert int(label[1]) == number, f"{chapter.stem}: {' '.join(label)} numbered as another chapter"
 
 
