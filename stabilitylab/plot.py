@@ -10,13 +10,19 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
-import seaborn as sns
 import torch
-from matplotlib.axes import Axes
-from matplotlib.figure import Figure
 from torch import Tensor, nn
+
+try:
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+except ImportError as error:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        "stabilitylab.plot needs matplotlib and seaborn: pip install 'stabilitylab[plot]'"
+    ) from error
 
 __all__ = ["set_style", "figure", "save", "image_grid", "decision_boundary", "PALETTE"]
 

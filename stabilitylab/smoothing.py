@@ -33,7 +33,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from scipy import stats
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -41,6 +40,14 @@ from stabilitylab._checks import check_generator as _check_generator
 from stabilitylab._checks import check_int as _check_int
 from stabilitylab.certify import _eps_list, accuracy_curve
 from stabilitylab.train import batches
+
+
+
+def _stats():
+    """``scipy.stats``, imported on first use (it takes longer to import than the rest of the package)."""
+    from scipy import stats
+
+    return stats
 
 __all__ = [
     "ABSTAIN",
@@ -118,7 +125,7 @@ def clopper_pearson_lower(successes: int, trials: int, alpha: float) -> float:
     alpha = _check_alpha(alpha)
     if successes == 0:
         return 0.0
-    return float(stats.beta.ppf(alpha, successes, trials - successes + 1))
+    return float(_stats().beta.ppf(alpha, successes, trials - successes + 1))
 
 
 def empirical_bernstein_radius(variance: Tensor, n: int, alpha: float, *, value_range: float = 1.0) -> Tensor:
@@ -158,7 +165,7 @@ def max_certifiable_radius(sigma: float, n: int, alpha: float) -> float:
     [cohen2019certified]: to certify twice as far one needs far more than twice the samples.
     """
     sigma, n, alpha = _check_sigma(sigma), _check_int(n, "n"), _check_alpha(alpha)
-    return sigma * float(stats.norm.ppf(alpha ** (1 / n)))
+    return sigma * float(_stats().norm.ppf(alpha ** (1 / n)))
 
 
 # --------------------------------------------------------------------------- maps to the simplex
@@ -381,7 +388,7 @@ class Smooth:
         counts = self.sample_counts(x, n, batch_size, generator=generator)
         top2 = counts.topk(2)
         n_a, n_b = int(top2.values[0]), int(top2.values[1])
-        if stats.binomtest(n_a, n_a + n_b, 0.5).pvalue > alpha:
+        if _stats().binomtest(n_a, n_a + n_b, 0.5).pvalue > alpha:
             return ABSTAIN
         return int(top2.indices[0])
 
@@ -419,7 +426,7 @@ class Smooth:
         p_lower = clopper_pearson_lower(n_a, n, alpha)
         if p_lower <= 0.5:
             return ABSTAIN, 0.0
-        return c_hat, self.sigma * float(stats.norm.ppf(p_lower))
+        return c_hat, self.sigma * float(_stats().norm.ppf(p_lower))
 
     # ----------------------------------------------------------------- Lipschitz-variance-margin
 
