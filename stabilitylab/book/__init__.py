@@ -202,7 +202,10 @@ def find_root(start: str | os.PathLike | None = None) -> Path:
     for folder in candidates:
         if (folder / "_toc.yml").is_file():
             return folder
-    raise FileNotFoundError(f"no _toc.yml found at or above {here}: run from the book's folder")
+    raise FileNotFoundError(
+        f"no _toc.yml found at or above {here}: run from the book's folder (a clone of the "
+        "repository) or pass its path (root=... here, --root on the command line)"
+    )
 
 
 def _load_yaml(path: Path) -> Any:
@@ -283,7 +286,7 @@ def setup_cell_source(url: str) -> str:
         "import importlib.util, subprocess, sys\n"
         'if importlib.util.find_spec("stabilitylab") is None:\n'
         "    subprocess.run([sys.executable, \"-m\", \"pip\", \"install\", \"-q\",\n"
-        f'                    "stabilitylab @ git+{url}"], check=True)'
+        f'                    "stabilitylab[plot] @ git+{url}"], check=True)'
     )
 
 
