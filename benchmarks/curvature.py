@@ -205,8 +205,8 @@ def eigen_rows(model, x, y, ref: float, repeats: int, criterion=nn.functional.cr
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
                 value = hessian_eigenvalues(op, k=1, method=method, tol=tol, criterion=rule,
-                                            max_iter=1000 if method == "power" else 200,
-                                            generator=torch.Generator().manual_seed(0))
+                                            n_iter=1000 if method == "power" else 200,
+                                            generator=torch.Generator().manual_seed(0), progress=False)
             return float(value[0]), op.n_products
 
         seconds, (value, count) = timed(run, repeats)
@@ -397,8 +397,8 @@ def main(argv=None) -> int:
         progress(f"{name} {kind}: {n_params} parameters, references")
         lam, lam_s, lam_hvp = eigsh_reference(model64, x64, y, criterion)
         (lam2,) = hessian_eigenvalues(HessianOperator(closure(model64, x64, y, criterion), params_of(model64)), k=2,
-                                      tol=1e-10, criterion="residual", max_iter=300,
-                                      generator=torch.Generator().manual_seed(1))[1:]
+                                      tol=1e-10, criterion="residual", n_iter=300,
+                                      generator=torch.Generator().manual_seed(1), progress=False)[1:]
         ref = {"model": name, "kind": kind, "params": n_params, "lambda_max": lam, "lambda_2": float(lam2),
                "top_gap": 1 - float(lam2) / lam, "eigsh_s": lam_s, "eigsh_hvp": lam_hvp}
         if with_trace:

@@ -145,7 +145,7 @@ def test_top_eigenvalues_match_the_dense_spectrum(method, which):
     order = torch.argsort(evals if which == "LA" else evals.abs(), descending=True)
     k = 3
     values, vectors = curvature.hessian_eigenvalues(
-        _closure(model, x, y), params, k=k, method=method, which=which, tol=1e-9, max_iter=5000,
+        _closure(model, x, y), params, k=k, method=method, which=which, tol=1e-9, n_iter=5000,
         return_eigenvectors=True, generator=torch.Generator().manual_seed(0))
     assert torch.allclose(values, evals[order[:k]], rtol=1e-6, atol=1e-9)
     for lam, vec in zip(values, vectors):
@@ -223,7 +223,7 @@ def test_density_integrates_to_one_and_matches_the_spectrum():
     params = list(model.parameters())
     H = _dense_hessian(model, x, y)
     evals = torch.linalg.eigvalsh(H)
-    result = curvature.hessian_density(_closure(model, x, y), params, n_lanczos=len(evals), n_vectors=20,
+    result = curvature.hessian_density(_closure(model, x, y), params, n_iter=len(evals), n_vectors=20,
                                        grid=4000, generator=torch.Generator().manual_seed(0))
     grid, density = result.grid, result.density
     assert abs(torch.trapezoid(density, grid).item() - 1) < 1e-4
@@ -266,14 +266,14 @@ def test_sharpness_on_a_quadratic_is_within_the_closed_form_bounds(seed, rho):
     ghat = grad / grad.norm()
     lower = rho * grad.norm() + 0.5 * rho**2 * ghat @ A @ ghat
     upper = rho * grad.norm() + 0.5 * rho**2 * torch.linalg.eigvalsh(A)[-1]
-    one = curvature.sharpness(loss, [w], rho=rho, n_steps=1)
+    one = curvature.sharpness(loss, [w], rho=rho, n_iter=1)
     assert torch.allclose(one, lower, rtol=1e-10)  # the SAM point exactly
-    many, (eps,) = curvature.sharpness(loss, [w], rho=rho, n_steps=30, return_perturbation=True)
+    many, (eps,) = curvature.sharpness(loss, [w], rho=rho, n_iter=30, return_perturbation=True)
     assert lower - 1e-10 <= many <= upper + 1e-10
     assert eps.norm() <= rho * (1 + 1e-12)
     assert torch.equal(w.detach(), w0)
     # run to convergence, the KKT condition of the maximizer: grad L(w0 + eps) = mu eps, mu >= 0
-    _, (eps,) = curvature.sharpness(loss, [w], rho=rho, n_steps=500, return_perturbation=True)
+    _, (eps,) = curvature.sharpness(loss, [w], rho=rho, n_iter=500, return_perturbation=True)
     kkt = c + A @ (w0 + eps)
     assert torch.allclose(kkt / kkt.norm(), eps / eps.norm(), atol=1e-3)
 
@@ -283,7 +283,7 @@ def test_sharpness_at_a_minimum_tends_to_half_rho2_lambda_max():
     with torch.no_grad():
         w.zero_()
     loss = lambda: 0.5 * w @ A @ w  # noqa: E731
-    value = curvature.sharpness(loss, [w], rho=0.5, n_steps=300, generator=torch.Generator().manual_seed(0))
+    value = curvature.sharpness(loss, [w], rho=0.5, n_iter=300, generator=torch.Generator().manual_seed(0))
     assert torch.allclose(value, 0.5 * 0.25 * torch.linalg.eigvalsh(A)[-1], rtol=1e-6)
 
 
@@ -295,9 +295,9 @@ def test_adaptive_sharpness_uses_the_scaled_ball():
     rho = 0.2
     lower = rho * tg.norm() + 0.5 * rho**2 * (tg / tg.norm()) @ (T[:, None] * A * T[None]) @ (tg / tg.norm())
     upper = rho * tg.norm() + 0.5 * rho**2 * torch.linalg.eigvalsh(T[:, None] * A * T[None])[-1]
-    one = curvature.sharpness(loss, [w], rho=rho, n_steps=1, adaptive=True, eta=0.1)
+    one = curvature.sharpness(loss, [w], rho=rho, n_iter=1, adaptive=True, eta=0.1)
     assert torch.allclose(one, lower, rtol=1e-10)
-    many, (eps,) = curvature.sharpness(loss, [w], rho=rho, n_steps=20, adaptive=True, eta=0.1, return_perturbation=True)
+    many, (eps,) = curvature.sharpness(loss, [w], rho=rho, n_iter=20, adaptive=True, eta=0.1, return_perturbation=True)
     assert lower - 1e-10 <= many <= upper + 1e-10
     assert (eps / T).norm() <= rho * (1 + 1e-12)
 
@@ -541,7 +541,7 @@ def test_bad_inputs_raise():
         curvature.SAM(params, torch.optim.SGD(params[:1], lr=0.1))
     with pytest.raises(TypeError, match="base_optimizer"):
         curvature.SAM(params, "sgd")
-    with pytest.raises(ValueError, match="loss_fn"):
+    with pytest.raises(ValueError, match="closure"):
         curvature.hvp(lambda: model(x), params, params)
     with pytest.raises(ValueError, match="sigma"):
         curvature.hessian_density(closure, params, sigma=0.0)
@@ -673,11 +673,11 @@ def test_sharpness_during_gradient_descent_on_a_quadratic():
     w = w0.clone().requires_grad_()
     lr = 0.3
     record = curvature.sharpness_during_training(lambda: 0.5 * w @ A @ w, [w], torch.optim.SGD([w], lr=lr),
-                                                steps=12, every=4)
+                                                n_iter=12, every=4)
     assert record["step"].tolist() == [0, 4, 8, 12]
     assert torch.allclose(record["sharpness"], torch.full((4,), 3.0, dtype=torch.float64), rtol=1e-3)
     for t, loss in zip(record["step"].tolist(), record["loss"]):
         wt = torch.linalg.matrix_power(torch.eye(5, dtype=torch.float64) - lr * A, int(t)) @ w0
         assert loss.item() == pytest.approx(0.5 * (wt @ A @ wt).item(), rel=1e-10)
     with pytest.raises(ValueError, match="every"):
-        curvature.sharpness_during_training(lambda: 0.5 * w @ A @ w, [w], torch.optim.SGD([w], lr=lr), steps=2, every=0)
+        curvature.sharpness_during_training(lambda: 0.5 * w @ A @ w, [w], torch.optim.SGD([w], lr=lr), n_iter=2, every=0)
