@@ -16,8 +16,11 @@ below), never worse (see :func:`stabilitylab.lipschitz.pairwise_logit_bound`). I
 features, so :math:`r_\infty(x) = r(x)/\sqrt n`.
 
 * :func:`certified_radius`: the radii from logits and labels (0 where the prediction is wrong);
-* :func:`certified_radii` / :func:`certified_accuracy`: the same for a model over a data set,
-  with the constant from :func:`stabilitylab.lipschitz.upper_bound` by default;
+* :func:`certified_radii` / :func:`certified_accuracy` / :func:`certified_accuracy_curve`: the
+  same for a model over a data set, with the constant from
+  :func:`stabilitylab.lipschitz.upper_bound` by default (or, with ``last_layer=True``, the
+  pairwise constants of :func:`stabilitylab.lipschitz.pairwise_logit_bound`), and the margins
+  computed in float64;
 * :func:`accuracy_curve`: certified accuracy as a function of the radius (the chapter's plots);
 * :func:`check_soundness`: attacks every certified point with PGD inside its radius
   (:func:`stabilitylab.attacks.pgd`); a correct certificate is never broken.
@@ -29,8 +32,10 @@ and at :math:`\varepsilon = 0` the certified accuracy is the clean accuracy.
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -39,13 +44,25 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from stabilitylab import attacks, lipschitz as lip
-from stabilitylab.attacks import _round_down
+from stabilitylab._checks import (
+    check_batch,
+    check_choice,
+    check_generator,
+    check_int,
+    check_number,
+    check_progress,
+    check_shape,
+)
+from stabilitylab._deprecation import renamed_kwargs
+from stabilitylab._devices import model_device, model_dtype, resolve_device
+from stabilitylab._modes import eval_mode
 from stabilitylab.train import DataLike, batches
 
 __all__ = [
     "certified_radius",
     "certified_radii",
     "certified_accuracy",
+    "certified_accuracy_curve",
     "accuracy_curve",
     "check_soundness",
     "SoundnessReport",
@@ -58,9 +75,16 @@ _NORMS = ("l2", "linf")
 
 
 def _check_norm(norm) -> str:
-    if not isinstance(norm, str) or norm not in _NORMS:
-        raise ValueError(f"norm must be one of {_NORMS}, got norm={norm!r}")
-    return norm
+    return check_choice(norm, "norm", _NORMS)
+
+
+def _round_down(value: Tensor, dtype: torch.dtype) -> Tensor:
+    """``value`` (float64, >= 0) cast to ``dtype`` rounding towards zero: never above ``value``."""
+    out = value.to(dtype)
+    too_big = out.to(value.dtype) > value
+    if bool(too_big.any()):
+        out = torch.where(too_big, torch.nextafter(out, torch.zeros_like(out)), out)
+    return out
 
 
 def _check_logits_labels(logits, labels) -> tuple[Tensor, Tensor]:
@@ -118,10 +142,9 @@ def _check_pairwise(value: Tensor, C: int) -> Tensor:
     return P
 
 
-def _check_input_dim(input_dim) -> int:
-    if isinstance(input_dim, bool) or not isinstance(input_dim, numbers.Integral) or input_dim < 1:
-        raise ValueError(f"input_dim must be a positive int, got input_dim={input_dim!r}")
-    return int(input_dim)
+def _check_input_shape(input_shape) -> int:
+    """n, the number of input features, from a count or a shape (n is its product)."""
+    return math.prod(check_shape(input_shape, "input_shape"))
 
 
 def _check_eps(eps) -> float:
@@ -159,10 +182,13 @@ def _pairwise_from_rows(lipschitz: float, weight: Tensor, C: int) -> Tensor:
     if not isinstance(weight, Tensor) or weight.ndim != 2 or weight.shape[0] != C:
         shape = tuple(weight.shape) if isinstance(weight, Tensor) else type(weight).__name__
         raise ValueError(f"last_layer_weight must have shape (C, d) with C={C} rows, got {shape}")
-    W = weight.detach().to(dtype=torch.float64)
+    if not weight.is_floating_point():
+        raise TypeError(f"last_layer_weight must be a floating tensor, got {weight.dtype}")
+    W = weight.detach()
+    W = (W.cpu() if W.device.type == "mps" else W).to(dtype=torch.float64)
     if not bool(torch.isfinite(W).all()):
         raise ValueError("last_layer_weight must be finite, got NaN or infinite entries")
-    return lipschitz * torch.cdist(W, W)
+    return lipschitz * lip.pairwise_row_distances(W)
 
 
 _LOGIT_ROUNDING_ULPS = 64
@@ -201,13 +227,14 @@ def _constants(lipschitz, last_layer_weight, C: int) -> tuple[float | None, Tens
     return None, _pairwise_from_rows(L, last_layer_weight, C)
 
 
+@renamed_kwargs(input_dim="input_shape")
 def certified_radius(
     logits: Tensor,
     labels: Tensor,
     *,
     lipschitz: float | Tensor = 1.0,
     norm: str = "l2",
-    input_dim: int | None = None,
+    input_shape: int | Sequence[int] | None = None,
     last_layer_weight: Tensor | None = None,
 ) -> Tensor:
     r"""Certified radii of the predictions of a Lipschitz classifier, from its logits.
@@ -228,7 +255,8 @@ def certified_radius(
     :math:`\|w_y - w_j\|_2 \le \sqrt2 \|W\|_2` it is never smaller than the first form with
     :math:`L = \|W\|_2 L_g` [tsuzuku2018lipschitz] (see also
     :func:`stabilitylab.lipschitz.pairwise_logit_bound`). For ``norm="linf"``,
-    :math:`r_\infty = r_2 / \sqrt{n}` with :math:`n` = ``input_dim``, since
+    :math:`r_\infty = r_2 / \sqrt{n}` with :math:`n` the number of input features (the
+    product of ``input_shape``), since
     :math:`\|\delta\|_2 \le \sqrt n\, \|\delta\|_\infty`.
 
     No input at distance less than the radius changes the prediction. The radius is 0 where the
@@ -257,7 +285,9 @@ def certified_radius(
             (the diagonal is ignored), as returned by
             :func:`stabilitylab.lipschitz.pairwise_logit_bound`.
         norm: ``"l2"`` or ``"linf"``.
-        input_dim: :math:`n`, the number of input features; required for ``"linf"``.
+        input_shape: the shape of one input without the batch dimension, or the number
+            :math:`n` of input features (an int); required for ``"linf"``. ``input_dim`` is its
+            deprecated name.
         last_layer_weight: ``(C, d)`` weight of the last linear layer (optional).
 
     Returns:
@@ -267,8 +297,8 @@ def certified_radius(
         TypeError: non-tensor logits/labels, non-floating logits, non-integer labels.
         ValueError: shape mismatch, labels out of range, non-finite logits, a ``lipschitz``
             that is not finite and > 0 (or a pairwise matrix of the wrong shape or with
-            negative / non-finite entries), an unknown ``norm``, a missing or non-positive
-            ``input_dim`` for ``"linf"``, a ``last_layer_weight`` without ``C`` rows.
+            negative / non-finite entries), an unknown ``norm``, a missing or malformed
+            ``input_shape`` for ``"linf"``, a ``last_layer_weight`` without ``C`` rows.
 
     References:
         [tsuzuku2018lipschitz].
@@ -278,11 +308,13 @@ def certified_radius(
     scalar, P = _constants(lipschitz, last_layer_weight, logits.shape[1])
     n = None
     if norm == "linf":
-        if input_dim is None:
-            raise ValueError("input_dim is required for norm='linf' (the radius is r_2 / sqrt(input_dim))")
-        n = _check_input_dim(input_dim)
-    elif input_dim is not None:
-        _check_input_dim(input_dim)
+        if input_shape is None:
+            raise ValueError(
+                "input_shape is required for norm='linf' (the radius is r_2 / sqrt(n), n the number of input features)"
+            )
+        n = _check_input_shape(input_shape)
+    elif input_shape is not None:
+        _check_input_shape(input_shape)
     radius = _l2_radius(logits, labels, scalar, P)
     if n is not None:
         radius = radius / math.sqrt(n)
@@ -292,44 +324,62 @@ def certified_radius(
 # ----------------------------------------------------------------------------- models
 
 
-def _split_last_linear(model: nn.Module) -> tuple[nn.Module, Tensor]:
-    """(the layers before the last one as a Sequential, the last layer's effective weight)."""
-    if not isinstance(model, nn.Sequential) or len(model) == 0:
-        raise ValueError(
-            f"last_layer=True needs a non-empty nn.Sequential ending with a linear layer, got {type(model).__name__}"
-        )
-    last = model[-1]
-    if isinstance(last, nn.Sequential) and type(last).forward is nn.Sequential.forward:
-        inner_body, weight = _split_last_linear(last)
-        return nn.Sequential(*list(model)[:-1], inner_body), weight
-    if callable(getattr(last, "normalized_weight", None)):
-        weight = last.normalized_weight()
-    elif isinstance(last, nn.Linear) and type(last).forward is nn.Linear.forward:
-        weight = last.weight
-    else:
-        raise ValueError(
-            "last_layer=True needs a last layer that is a plain nn.Linear or exposes normalized_weight(), "
-            f"got {type(last).__name__}"
-        )
-    return nn.Sequential(*list(model)[:-1]), weight.detach()
-
-
 def _model_constants(model: nn.Module, input_shape: tuple[int, ...], lipschitz, last_layer: bool):
     """(lipschitz, last_layer_weight) arguments of certified_radius for a model."""
-    weight = None
-    if last_layer:
-        body, weight = _split_last_linear(model)
+    if not isinstance(last_layer, bool):
+        raise TypeError(f"last_layer must be a bool, got {last_layer!r}")
+    if not last_layer:
+        return (lip.upper_bound(model, input_shape) if lipschitz is None else lipschitz), None
+    try:
         if lipschitz is None:
-            lipschitz = lip.upper_bound(body, input_shape) if len(body) else 1.0
-    elif lipschitz is None:
-        lipschitz = lip.upper_bound(model, input_shape)
-    return lipschitz, weight
+            return lip.pairwise_logit_bound(model, input_shape), None
+        return lipschitz, lip.linear_head(model).weight
+    except ValueError as error:
+        raise ValueError(f"last_layer=True needs a model ending with a linear layer: {error}") from error
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    for tensor in (*model.parameters(), *model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
+class _Logits:
+    """The logits a certificate reads: the model evaluated on float64 copies of its parameters and
+    buffers and on float64 inputs (``torch.func.functional_call``), so that the margins carry
+    float64 rounding only; the model's own forward, in its dtype, where float64 is not available
+    (MPS), not wanted, or does not run (then the certificate's rounding allowance covers it)."""
+
+    def __init__(self, model: nn.Module, device: torch.device, float64: bool) -> None:
+        self.model = model
+        self.state = None
+        if float64 and device.type != "mps" and model_dtype(model) != torch.float64:
+            self.state = {
+                name: (t.detach().to(device=device, dtype=torch.float64) if t.is_floating_point() else t)
+                for name, t in (*model.named_parameters(), *model.named_buffers())
+            }
+
+    def __call__(self, x: Tensor) -> Tensor:
+        with torch.no_grad():
+            if self.state is not None and x.is_floating_point():
+                try:
+                    z = torch.func.functional_call(self.model, self.state, (x.to(torch.float64),))
+                except (RuntimeError, TypeError, ValueError, NotImplementedError):
+                    z = None
+                if isinstance(z, Tensor) and z.dtype == torch.float64:
+                    return z
+                self.state = None  # the model does not run in float64: its own dtype from now on
+            z = self.model(x)
+        if not isinstance(z, Tensor):
+            raise TypeError(f"model must return a tensor of logits, got {type(z).__name__}")
+        return z
+
+
+def _output_dtype(model: nn.Module, logits: Tensor) -> torch.dtype:
+    """The dtype radii are returned in: the model's (float32 radii for a float32 model, even when
+    the margins were computed in float64)."""
+    dtype = model_dtype(model, logits.dtype)
+    return dtype if dtype.is_floating_point else logits.dtype
+
+
+def _check_float64(float64) -> bool:
+    if not isinstance(float64, bool):
+        raise TypeError(f"float64 must be a bool, got {float64!r}")
+    return float64
 
 
 def certified_radii(
@@ -341,19 +391,31 @@ def certified_radii(
     last_layer: bool = False,
     batch_size: int = 1024,
     device: str | torch.device | None = None,
-    progress: bool = False,
+    float64: bool = True,
+    progress: bool | None = None,
 ) -> Tensor:
     r"""Certified radius of every example of a data set (see :func:`certified_radius`).
 
     The model runs in evaluation mode (every module's mode is restored afterwards), without
-    gradients, batch by batch. When ``lipschitz`` is None the constant is the certified product
-    bound :func:`stabilitylab.lipschitz.upper_bound` ``(model, input_shape)`` (``input_shape``
+    gradients, batch by batch, on its own device (the batches are moved there). When
+    ``lipschitz`` is None the constant is the certified product bound
+    :func:`stabilitylab.lipschitz.upper_bound` ``(model, input_shape)`` (``input_shape``
     read from the first batch), so the model must be one it can walk (a Sequential of known or
     declared layers). With ``last_layer=True``, the last layer's rows give the pairwise radii:
-    the model must be an ``nn.Sequential`` ending with a plain ``nn.Linear`` or a layer with a
-    ``normalized_weight()`` method (e.g. :class:`~stabilitylab.layers.SpectralLinear`), and
-    ``lipschitz`` (default: the product bound of the layers before it) is the constant below
-    that layer. For ``"linf"``, ``input_dim`` is the number of features of one input.
+    the model must end with a dense head, a plain ``nn.Linear`` or any layer of
+    :data:`stabilitylab.models.LIPSCHITZ_HEADS` (Spectral, Björck, AOL, Cayley, BRO, LLN; see
+    :func:`stabilitylab.lipschitz.linear_head`); ``lipschitz=None`` then takes the constants of
+    :func:`stabilitylab.lipschitz.pairwise_logit_bound` (never smaller radii than the global
+    bound), and a given ``lipschitz`` is the constant of the layers below the head. For
+    ``"linf"``, ``n`` is the number of features of one input.
+
+    Rounding: with ``float64`` (default) the logits are computed from float64 copies of the
+    parameters and float64 inputs, so the margins, and the predictions the radii certify, are
+    those of the network's exact function up to float64 rounding (the allowance of
+    :func:`certified_radius` is then :math:`1.4 \cdot 10^{-14}` of the largest logit). Where
+    that is not possible (an MPS device, a model that fails in float64) or with
+    ``float64=False``, the model's own logits are used with the float32 allowance of
+    :func:`certified_radius`. The radii are returned in the model's dtype, rounded down.
 
     Args:
         model: maps ``(B, *input_shape)`` to logits ``(B, C)``.
@@ -363,17 +425,19 @@ def certified_radii(
         norm: ``"l2"`` or ``"linf"``.
         last_layer: use the last layer's rows (pairwise radii).
         batch_size: batch size for tensor pairs and Datasets.
-        device: where the inputs are sent; default the model's device.
-        progress: show a progress bar over batches.
+        device: where the inputs are sent; default the model's device (the model is not moved).
+        float64: compute the logits in float64 (see above).
+        progress: show a progress bar over batches; None: unless ``TQDM_DISABLE`` is set.
 
     Returns:
-        ``(N,)`` radii on the CPU in the logits' dtype (0 for misclassified examples).
+        ``(N,)`` radii on the CPU in the model's dtype (0 for misclassified examples).
 
     Raises:
-        TypeError: ``model`` not an ``nn.Module``, ``data`` of another kind.
-        ValueError: the errors of :func:`certified_radius`; an empty data set; a model that
-            :func:`~stabilitylab.lipschitz.upper_bound` cannot walk when ``lipschitz`` is None
-            (TypeError for unknown layers); ``last_layer=True`` on an unsuitable model.
+        TypeError: ``model`` not an ``nn.Module``, ``data`` of another kind, integer inputs.
+        ValueError: the errors of :func:`certified_radius`; an empty data set or batch; inputs
+            with NaN/Inf; a model that :func:`~stabilitylab.lipschitz.upper_bound` cannot walk
+            when ``lipschitz`` is None (TypeError for unknown layers); ``last_layer=True`` on a
+            model without a dense head.
 
     References:
         [tsuzuku2018lipschitz].
@@ -381,32 +445,29 @@ def certified_radii(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     norm = _check_norm(norm)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got batch_size={batch_size!r}")
+    batch_size = check_int(batch_size, "batch_size")
     if lipschitz is not None and not (isinstance(lipschitz, Tensor) and lipschitz.ndim == 2):
         _check_scalar_lipschitz(lipschitz)
-    device = torch.device(device) if device is not None else _model_device(model)
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
+    if not isinstance(last_layer, bool):
+        raise TypeError(f"last_layer must be a bool, got {last_layer!r}")
+    float64 = _check_float64(float64)
+    show = check_progress(progress)
+    device = resolve_device(device) or model_device(model)
+    logits_of = _Logits(model, device, float64)
     radii: list[Tensor] = []
     constants = None
-    try:
-        with torch.no_grad():
-            for x, y in tqdm(batches(data, batch_size=batch_size), desc="certifying", disable=not progress, leave=False):
-                x = x.to(device)
-                if constants is None:
-                    constants = _model_constants(model, tuple(x.shape[1:]), lipschitz, last_layer)
-                L, weight = constants
-                logits = model(x)
-                radii.append(
-                    certified_radius(
-                        logits, y.to(logits.device), lipschitz=L, norm=norm, input_dim=x[0].numel(),
-                        last_layer_weight=weight,
-                    ).cpu()
-                )
-    finally:
-        for module, mode in modes:
-            module.training = mode
+    with eval_mode(model), torch.no_grad():
+        for x, y in tqdm(batches(data, batch_size=batch_size), desc="certifying", disable=not show, leave=False):
+            x = check_batch(x, "data inputs").to(device)
+            if constants is None:
+                constants = _model_constants(model, tuple(x.shape[1:]), lipschitz, last_layer)
+            L, weight = constants
+            logits = logits_of(x)
+            radius = certified_radius(
+                logits, y.to(logits.device) if isinstance(y, Tensor) else y, lipschitz=L, norm=norm,
+                input_shape=tuple(x.shape[1:]), last_layer_weight=weight,
+            )  # fmt: skip
+            radii.append(_round_down(radius.to(torch.float64), _output_dtype(model, logits)).cpu())
     if not radii:
         raise ValueError("data is empty")
     return torch.cat(radii)
@@ -445,29 +506,32 @@ def accuracy_curve(radii: Tensor, eps_grid: Sequence[float] | Tensor) -> Tensor:
 def certified_accuracy(
     model: nn.Module,
     data: DataLike,
-    eps: float | Sequence[float] | Tensor,
+    eps: float | Tensor,
     *,
     lipschitz: float | Tensor | None = None,
     norm: str = "l2",
     last_layer: bool = False,
     batch_size: int = 1024,
     device: str | torch.device | None = None,
-    progress: bool = False,
-) -> float | Tensor:
+    float64: bool = True,
+    progress: bool | None = None,
+) -> float:
     r"""Fraction of the data certified at radius ``eps``: correctly classified with a radius
     strictly larger than ``eps`` (:func:`certified_radii`, then :func:`accuracy_curve`).
 
     With ``lipschitz=None`` the constant is :func:`stabilitylab.lipschitz.upper_bound` of the
-    model (see :func:`certified_radii`). At ``eps=0`` this is the clean accuracy.
+    model (see :func:`certified_radii`). At ``eps=0`` this is the clean accuracy. For several
+    radii, use :func:`certified_accuracy_curve` (one pass over the data).
 
     Args:
-        model, data, lipschitz, norm, last_layer, batch_size, device, progress: see
+        model, data, lipschitz, norm, last_layer, batch_size, device, float64, progress: see
             :func:`certified_radii`.
-        eps: a radius :math:`\ge 0` (a float or a 0-dim tensor), or a sequence / 1-D tensor
-            of radii.
+        eps: a radius :math:`\ge 0` (a float or a 0-dim tensor). A sequence still works for
+            one release, with a ``DeprecationWarning``, and returns the tensor of
+            :func:`certified_accuracy_curve`.
 
     Returns:
-        A float for a scalar ``eps``; a ``(len(eps),)`` float64 tensor for a sequence.
+        A float in ``[0, 1]``.
 
     Raises:
         ValueError: ``eps < 0`` or NaN; the errors of :func:`certified_radii`.
@@ -476,12 +540,68 @@ def certified_accuracy(
         [tsuzuku2018lipschitz].
     """
     values, scalar = _eps_list(eps)
+    if not scalar:
+        warnings.warn(
+            "certified_accuracy() with a sequence of radii is deprecated: it returns a tensor; use "
+            "certify.certified_accuracy_curve(model, data, eps_values) instead",
+            DeprecationWarning,
+            stacklevel=2,
+        )
     radii = certified_radii(
         model, data, lipschitz=lipschitz, norm=norm, last_layer=last_layer, batch_size=batch_size,
-        device=device, progress=progress,
-    )
+        device=device, float64=float64, progress=progress,
+    )  # fmt: skip
     curve = accuracy_curve(radii, values)
     return curve.item() if scalar else curve
+
+
+def certified_accuracy_curve(
+    model: nn.Module,
+    data: DataLike,
+    eps_values: Sequence[float] | Tensor,
+    *,
+    lipschitz: float | Tensor | None = None,
+    norm: str = "l2",
+    last_layer: bool = False,
+    batch_size: int = 1024,
+    device: str | torch.device | None = None,
+    float64: bool = True,
+    progress: bool | None = None,
+) -> Tensor:
+    r"""Certified accuracy at every radius of ``eps_values``:
+    :math:`\frac1N \#\{i : r_i > \varepsilon\}` (:func:`certified_radii` once, then
+    :func:`accuracy_curve`). Non-increasing in :math:`\varepsilon`; the clean accuracy at 0.
+
+    Args:
+        model, data, lipschitz, norm, last_layer, batch_size, device, float64, progress: see
+            :func:`certified_radii`.
+        eps_values: a sequence or 1-D tensor (or array) of radii :math:`\varepsilon \ge 0`.
+
+    Returns:
+        ``(len(eps_values),)`` float64 tensor on the CPU.
+
+    Raises:
+        TypeError: ``eps_values`` not a sequence of numbers.
+        ValueError: a negative or NaN radius, a 0-dim or 2-D tensor; the errors of
+            :func:`certified_radii`.
+
+    References:
+        [tsuzuku2018lipschitz].
+    """
+    if isinstance(eps_values, numbers.Real) or (isinstance(eps_values, Tensor) and eps_values.ndim == 0):
+        raise TypeError(
+            f"eps_values must be a sequence or 1-D tensor of radii, got the number {eps_values!r}; "
+            "use certified_accuracy for one radius"
+        )
+    try:
+        values, _ = _eps_list(eps_values)
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"eps_values: {error}") from None
+    radii = certified_radii(
+        model, data, lipschitz=lipschitz, norm=norm, last_layer=last_layer, batch_size=batch_size,
+        device=device, float64=float64, progress=progress,
+    )  # fmt: skip
+    return accuracy_curve(radii, values)
 
 
 # ----------------------------------------------------------------------------- soundness
@@ -561,6 +681,13 @@ def _scaled_bounds(bounds, x0: Tensor, idx: Tensor, r: Tensor):
     return tuple(out)
 
 
+def _pgd_iterations_keyword() -> str:
+    """The name of attacks.pgd's iteration-count argument (``n_iter``, or ``n_steps`` before the
+    rename)."""
+    return "n_iter" if "n_iter" in inspect.signature(attacks.pgd).parameters else "n_steps"
+
+
+@renamed_kwargs(n_steps="n_iter")
 def check_soundness(
     model: nn.Module,
     x: Tensor,
@@ -569,19 +696,21 @@ def check_soundness(
     lipschitz: float | Tensor | None = None,
     norm: str = "l2",
     last_layer: bool = False,
-    n_steps: int = 50,
+    n_iter: int = 50,
     restarts: int = 2,
     bounds=None,
     rtol: float = 1e-3,
     generator: torch.Generator | None = None,
-    progress: bool = False,
+    float64: bool = True,
+    progress: bool | None = None,
 ) -> SoundnessReport:
     r"""Attack every certified point inside its certified radius; a sound certificate survives.
 
-    1. The radii :math:`r_i` of :func:`certified_radius` (constant as in
-       :func:`certified_radii`: ``lipschitz`` or :func:`stabilitylab.lipschitz.upper_bound`).
+    1. The radii :math:`r_i` of :func:`certified_radii` (constant as there: ``lipschitz``,
+       :func:`stabilitylab.lipschitz.upper_bound`, or with ``last_layer`` the pairwise
+       constants; logits in float64 with ``float64``).
     2. Every certified point with a finite radius is attacked with PGD
-       (:func:`stabilitylab.attacks.pgd`, ``norm``, ``n_steps`` steps) on the margin loss
+       (:func:`stabilitylab.attacks.pgd`, ``norm``, ``n_iter`` steps) on the margin loss
        :math:`\max_{j\ne y} z_j - z_y`, inside the ball of radius :math:`r_i (1 - \text{rtol})`:
        once from :math:`x_i` and ``restarts`` times from a uniform random point of the ball.
        The per-example radius is obtained by attacking
@@ -589,28 +718,29 @@ def check_soundness(
        ``rtol`` keeps a *tight* certificate (e.g. a linear classifier) from being reported
        broken by rounding exactly on the decision boundary.
     3. A flip is an attack point :math:`x'` with :math:`\|x' - x\| < r` (checked in float64)
-       whose prediction differs from :math:`y`: it contradicts the certificate, so a sound
-       certificate gives ``n_flipped == 0`` whatever the attack. The report also gives the
-       largest margin-decrease ratio :math:`(m_j(x) - m_j(x'))/(L_{yj}\|x'-x\|_2)` met, at
-       most 1 for a correct Lipschitz constant (:math:`L_{yj} = \sqrt2 L` for a global
-       constant).
+       whose prediction, evaluated as the certificate's (float64 logits with ``float64``),
+       differs from :math:`y`: it contradicts the certificate, so a sound certificate gives
+       ``n_flipped == 0`` whatever the attack. The report also gives the largest
+       margin-decrease ratio :math:`(m_j(x) - m_j(x'))/(L_{yj}\|x'-x\|_2)` met, at most 1 for a
+       correct Lipschitz constant (:math:`L_{yj} = \sqrt2 L` for a global constant).
 
     An attack that fails proves nothing: the check can only refute a certificate (a too-small
     Lipschitz constant, a wrong radius formula), never prove it. The model runs in evaluation
-    mode (modes restored afterwards).
+    mode (every module's mode restored afterwards), on its own device (``x`` and ``y`` are moved
+    there).
 
     Args:
         model: maps ``(N, *shape)`` to logits ``(N, C)``.
-        x: ``(N, *shape)`` floating inputs; ``y``: ``(N,)`` integer labels.
-        lipschitz, last_layer: see :func:`certified_radii`.
+        x: ``(N, *shape)`` finite floating inputs; ``y``: ``(N,)`` integer labels.
+        lipschitz, last_layer, float64: see :func:`certified_radii`.
         norm: ``"l2"`` or ``"linf"`` (for ``"linf"`` the radii are :math:`r_2/\sqrt n`).
-        n_steps: PGD steps per run (>= 1).
+        n_iter: PGD steps per run (>= 1); ``n_steps`` is its deprecated name.
         restarts: random restarts after the run from ``x`` (>= 0).
         bounds: ``None`` or ``(lo, hi)`` restricting the attack to an input box (``x`` must lie
             in it).
         rtol: relative shrinkage of the attack radius, in ``[0, 1)``.
         generator: seeds PGD's random starts.
-        progress: show a progress bar over the runs.
+        progress: show a progress bar over the runs; None: unless ``TQDM_DISABLE`` is set.
 
     Returns:
         A :class:`SoundnessReport` (``.sound`` is True when nothing flipped).
@@ -618,7 +748,7 @@ def check_soundness(
     Raises:
         TypeError: ``x``/``y`` of the wrong type.
         ValueError: shape mismatch, unknown ``norm``, a non-positive or non-finite
-            ``lipschitz``, ``n_steps < 1``, ``restarts < 0``, ``rtol`` outside ``[0, 1)``,
+            ``lipschitz``, ``n_iter < 1``, ``restarts < 0``, ``rtol`` outside ``[0, 1)``,
             and the errors of :func:`stabilitylab.attacks.pgd`.
 
     References:
@@ -627,37 +757,42 @@ def check_soundness(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     norm = _check_norm(norm)
-    if not isinstance(x, Tensor) or not x.is_floating_point():
-        raise TypeError(f"x must be a floating-point torch.Tensor, got {type(x).__name__}")
-    if x.ndim < 1:
-        raise ValueError(f"x must have a batch dimension, got shape {tuple(x.shape)}")
-    if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
-        raise ValueError(f"n_steps must be an int >= 1, got n_steps={n_steps!r}")
-    if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 0:
-        raise ValueError(f"restarts must be an int >= 0, got restarts={restarts!r}")
-    if isinstance(rtol, bool) or not isinstance(rtol, numbers.Real) or not 0 <= rtol < 1:
+    x = check_batch(x, "x")
+    if not isinstance(y, Tensor):
+        raise TypeError(f"y (the labels) must be a torch.Tensor, got {type(y).__name__}")
+    if y.ndim != 1 or y.shape[0] != x.shape[0]:
+        raise ValueError(f"y (the labels) must have shape (N,) = ({x.shape[0]},) to match x, got shape {tuple(y.shape)}")
+    n_iter = check_int(n_iter, "n_iter", 1)
+    restarts = check_int(restarts, "restarts", 0)
+    rtol = check_number(rtol, "rtol", minimum=0.0)
+    if rtol >= 1:
         raise ValueError(f"rtol must be a number in [0, 1), got rtol={rtol!r}")
+    check_generator(generator)
+    if not isinstance(last_layer, bool):
+        raise TypeError(f"last_layer must be a bool, got {last_layer!r}")
+    float64 = _check_float64(float64)
+    show = check_progress(progress)
     if lipschitz is not None and not (isinstance(lipschitz, Tensor) and lipschitz.ndim == 2):
         _check_scalar_lipschitz(lipschitz)
-    x = x.detach()
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
+    device = model_device(model, x.device)
+    x, y = x.detach().to(device), y.to(device)
+    with eval_mode(model):
         return _check_soundness(
-            model, x, y, lipschitz, norm, last_layer, n_steps, restarts, bounds, float(rtol), generator, progress
+            model, x, y, lipschitz, norm, last_layer, n_iter, restarts, bounds, rtol, generator, float64, show
         )
-    finally:
-        for module, mode in modes:
-            module.training = mode
 
 
-def _check_soundness(model, x, y, lipschitz, norm, last_layer, n_steps, restarts, bounds, rtol, generator, progress):
-    with torch.no_grad():
-        logits = model(x)
-    logits, y = _check_logits_labels(logits, y)
+def _check_soundness(model, x, y, lipschitz, norm, last_layer, n_iter, restarts, bounds, rtol, generator, float64, progress):
+    logits_of = _Logits(model, x.device, float64)
+    logits = logits_of(x)
+    try:
+        logits, y = _check_logits_labels(logits, y)
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"y (labels) or the model's logits: {error}") from None
     C = logits.shape[1]
     L, weight = _model_constants(model, tuple(x.shape[1:]), lipschitz, last_layer)
-    radii = certified_radius(logits, y, lipschitz=L, norm=norm, input_dim=max(1, x[0].numel()), last_layer_weight=weight)
+    radii = certified_radius(logits, y, lipschitz=L, norm=norm, input_shape=tuple(x.shape[1:]), last_layer_weight=weight)
+    radii = _round_down(radii.to(torch.float64), _output_dtype(model, logits))
     scalar, P = _constants(L, weight, C)
     if P is None:
         P = torch.full((C, C), math.sqrt(2.0) * scalar, dtype=torch.float64)
@@ -671,12 +806,12 @@ def _check_soundness(model, x, y, lipschitz, norm, last_layer, n_steps, restarts
     if len(idx) == 0:
         return report
 
-    x0, y0 = x[idx], y[idx].to(x.device)
+    x0, y0 = x[idx.to(x.device)], y[idx.to(y.device)].to(x.device)
     r64 = radii[idx].to(torch.float64)
     r_attack = _round_down(r64 * (1.0 - rtol), x.dtype).to(x.device)
     scaled = _Scaled(model, x0, r_attack)
     bounds_u = _scaled_bounds(bounds, x0, idx, r_attack)
-    z0 = logits[idx].detach().to(torch.float64)
+    z0 = logits[idx.to(logits.device)].detach().to(torch.float64)
     m0 = z0.gather(1, y0[:, None].to(z0.device)) - z0
     own = torch.nn.functional.one_hot(y0.to(z0.device), C).bool()
     L_rows = P[y0.to(P.device)].to(z0.device)
@@ -684,18 +819,19 @@ def _check_soundness(model, x, y, lipschitz, norm, last_layer, n_steps, restarts
     flipped = torch.zeros(len(idx), dtype=torch.bool, device=x.device)
     best_ratio = -math.inf
     runs = [False] + [True] * restarts
+    steps = {_pgd_iterations_keyword(): n_iter}
     for random_start in tqdm(runs, desc="attacking", disable=not progress, leave=False):
         u = attacks.pgd(
-            scaled, torch.zeros_like(x0), y0, 1.0, norm=norm, n_steps=n_steps, bounds=bounds_u,
-            random_start=random_start, generator=generator, loss_fn=_margin_loss,
-        )
+            scaled, torch.zeros_like(x0), y0, 1.0, norm=norm, bounds=bounds_u,
+            random_start=random_start, generator=generator, loss_fn=_margin_loss, **steps,
+        )  # fmt: skip
         with torch.no_grad():
             x_adv = x0 + scaled.r * u
-            z = model(x_adv).detach()
+        z = logits_of(x_adv).detach()
         delta = (x_adv - x0).to(torch.float64).reshape(len(idx), -1)
         d2 = torch.linalg.vector_norm(delta, dim=1)
         dist = delta.abs().amax(dim=1) if norm == "linf" else d2
-        flip = (z.argmax(dim=1) != y0) & (dist.to(x.device) < r64.to(x.device))
+        flip = (z.argmax(dim=1).to(x.device) != y0) & (dist.to(x.device) < r64.to(x.device))
         flipped |= flip
         z64 = z.to(torch.float64).to(z0.device)
         drop = m0 - (z64.gather(1, y0[:, None].to(z0.device)) - z64)  # m_j(x) - m_j(x')

@@ -8,7 +8,7 @@ Sequentials are walked), layer by layer, each factor a *certified* upper bound:
 * ``nn.Linear``: :math:`\|W\|_2`, bounded by Gram iteration [delattre2023efficient];
 * ``nn.Conv2d``: the norm of the convolution as the linear map it is on images of the size the
   layer sees (any padding, padding mode, stride, dilation, groups), through
-  :func:`stabilitylab.spectral.conv_spectral_norm` (see :func:`layer_bounds`);
+  :func:`stabilitylab.spectral.conv2d_module_norm` (see :func:`layer_bounds`);
 * ``nn.BatchNorm1d/2d/3d`` in evaluation mode: a per-channel affine map,
   :math:`\max_c |\gamma_c| / \sqrt{v_c + \varepsilon}` (exact);
 * ``nn.MaxPool2d``: :math:`\sqrt{M}`, with :math:`M` the largest number of pooling windows an
@@ -47,7 +47,9 @@ given points and difference quotients :math:`\|f(a) - f(b)\| / \|a - b\|` found 
 ascent. :func:`report` sets both sides next to each other, layer by layer; the gap between the
 product bound and the attained constant is the looseness of the layer-wise product
 [virmaux2018lipschitz]. :func:`pairwise_logit_bound` gives the tighter constants of the logit
-differences that margin certificates need [tsuzuku2018lipschitz].
+differences that margin certificates need [tsuzuku2018lipschitz], for a last layer found by
+:func:`linear_head` (a plain ``nn.Linear`` or any 1-Lipschitz dense head of the package), from
+:func:`pairwise_row_distances`.
 
 Certified means: an upper bound in exact arithmetic of the network's function, computed in
 float64 (the bound of a float32 model is that of its weights read exactly); in floating point
@@ -59,15 +61,29 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-from collections import Counter
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from stabilitylab import spectral
+from stabilitylab._checks import (
+    check_batch,
+    check_generator,
+    check_int,
+    check_number,
+    check_pair,
+    check_shape,
+    check_tensor,
+    check_tol,
+)
+from stabilitylab._deprecation import renamed_kwargs
+from stabilitylab._devices import model_device, to_model_device
+from stabilitylab._modes import eval_mode
 
 __all__ = [
     "GELU_LIPSCHITZ",
@@ -78,6 +94,9 @@ __all__ = [
     "layer_bounds",
     "upper_bound",
     "pairwise_logit_bound",
+    "pairwise_row_distances",
+    "linear_head",
+    "LinearHead",
     "lower_bound",
     "jacobian_singular_values",
     "backward_gradient_norms",
@@ -94,10 +113,6 @@ GELU_LIPSCHITZ = 0.5 * (1.0 + math.erf(1.0)) + 1.0 / (math.e * math.sqrt(math.pi
 _SELU_SCALE = 1.0507009873554804934193349852946
 _SELU_ALPHA = 1.6732632423543772848170429916717
 
-# Largest dense convolution operator (rows * cols * min(rows, cols)) for which Gram iteration
-# on the unrolled matrix is run (about 0.3 s of CPU at the limit); above it, zero-padded
-# convolutions use the circular-embedding bound of spectral.conv_spectral_norm alone.
-_DENSE_CONV_FLOPS = 2**30
 # Largest batch * outputs * inputs for which lower_bound forms full Jacobians (exact SVD).
 _JACOBIAN_ENTRIES = 2**22
 
@@ -114,15 +129,23 @@ class LayerBound:
             single layer).
         kind: the class name of the module.
         input_shape: the shape of the layer's input, without the batch dimension.
-        bound: a certified upper bound of the layer's Lipschitz constant (L2).
+        upper: a certified upper bound of the layer's Lipschitz constant (L2).
         method: how it was obtained, e.g. ``"gram (certified)"``, ``"closed form (exact)"``.
+
+    ``bound`` is the deprecated name of ``upper`` (one release, with a ``DeprecationWarning``).
     """
 
     name: str
     kind: str
     input_shape: tuple
-    bound: float
+    upper: float
     method: str
+
+    @property
+    def bound(self) -> float:
+        """Deprecated: use ``upper``."""
+        warnings.warn("LayerBound.bound is deprecated, use LayerBound.upper", DeprecationWarning, stacklevel=2)
+        return self.upper
 
 
 @dataclass
@@ -206,39 +229,11 @@ def _check_model(model) -> nn.Module:
 
 
 def _check_input_shape(input_shape) -> tuple[int, ...]:
-    shape = (input_shape,) if isinstance(input_shape, int) and not isinstance(input_shape, bool) else input_shape
-    if (
-        not isinstance(shape, Sequence)
-        or len(shape) == 0
-        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in shape)
-    ):
-        raise ValueError(
-            f"input_shape must be a non-empty sequence of positive ints (without the batch "
-            f"dimension), got {input_shape!r}"
-        )
-    return tuple(int(v) for v in shape)
+    return check_shape(input_shape, "input_shape")
 
 
-def _check_tol(tol) -> float:
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 < tol < 1:
-        raise ValueError(f"tol must be a number in (0, 1), got {tol!r}")
-    return float(tol)
-
-
-def _check_points(x) -> Tensor:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"x must have a floating dtype, got {x.dtype}")
-    if x.ndim < 1 or x.shape[0] == 0 or x.numel() == 0:
-        raise ValueError(f"x must be a non-empty batch (N, *input_shape), got shape {tuple(x.shape)}")
-    if not torch.isfinite(x).all():
-        raise ValueError("x contains NaN or Inf entries")
-    return x
-
-
-def _pair(value) -> tuple[int, int]:
-    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+def _check_points(x, name: str = "x") -> Tensor:
+    return check_batch(x, name)
 
 
 def _model_dtype_device(model: nn.Module) -> tuple[torch.dtype, torch.device]:
@@ -455,7 +450,7 @@ def _kind(name: str, module: nn.Module) -> str:
         raise ValueError(f"{label} is in training mode (random and rescaled); call model.eval() first")
     if kind == "activation":
         try:
-            activation_constant(module)
+            _activation_constant(module)
         except ValueError as error:
             raise ValueError(f"{label}: {error}") from error
     if kind == "maxpool" and module.return_indices:
@@ -663,6 +658,14 @@ def activation_constant(module: nn.Module) -> tuple[float, str]:
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"module must be an nn.Module, got {type(module).__name__}")
+    try:
+        return _activation_constant(module)
+    except ValueError as error:
+        raise ValueError(f"module: {error}") from None
+
+
+def _activation_constant(module: nn.Module) -> tuple[float, str]:
+    """activation_constant without the argument's name in the errors (the walk names the layer)."""
     for cls, constant in _ACTIVATION_CONSTANTS:
         if isinstance(module, cls):
             if type(module).forward is not cls.forward:
@@ -671,183 +674,18 @@ def activation_constant(module: nn.Module) -> tuple[float, str]:
                     "constant is known for it"
                 )
             return constant(module)
-    raise TypeError(f"{type(module).__name__} is not a supported element-wise activation")
+    raise TypeError(f"module: {type(module).__name__} is not a supported element-wise activation")
 
 
 # ----------------------------------------------------------------------------- convolutions
 
 
-def _dilate(kernel: Tensor, dilation: tuple[int, int]) -> Tensor:
-    """The kernel of a dilated convolution as an ordinary kernel with zeros between the taps."""
-    dh, dw = dilation
-    if (dh, dw) == (1, 1):
-        return kernel
-    c_out, c_in, kh, kw = kernel.shape
-    out = kernel.new_zeros(c_out, c_in, dh * (kh - 1) + 1, dw * (kw - 1) + 1)
-    out[:, :, ::dh, ::dw] = kernel
-    return out
-
-
-def _symmetric(k: int, left: int, right: int) -> tuple[int, int, int]:
-    """Zeros to add (before, after) to a kernel of length k, and a symmetric padding p, such that
-    the convolution padded (left, right) equals the one padded (p, p) with the longer kernel, up
-    to outputs that are identically zero, and p < the new kernel length.
-
-    Padded (left, right), output i reads x[i s + a - left], a < k. Prepending d = right - left
-    zeros and padding p = right on both sides reads x[i s + a + d - p] = x[i s + a - left] with
-    the same number of outputs; appending d = left - right zeros with p = left does too. If then
-    p >= k', appending zeros up to k'' = p + 1 drops only outputs with i s - p >= n, whose
-    windows lie entirely in the right padding."""
-    before, after = max(right - left, 0), max(left - right, 0)
-    p = max(left, right)
-    if p >= k + before + after:
-        after += p + 1 - (k + before + after)
-    return before, after, p
-
-
-def _dense_fits(rows: int, cols: int) -> bool:
-    return rows * cols * min(rows, cols) <= _DENSE_CONV_FLOPS
-
-
-def _zero_padded_conv_norm(
-    kernel: Tensor,
-    size: tuple[int, int],
-    pads: tuple[tuple[int, int], tuple[int, int]],
-    stride: tuple[int, int],
-    tol: float,
-    *,
-    dense: bool = True,
-) -> tuple[float, str]:
-    """Certified bound of a zero-padded convolution: the smaller of the circular-embedding bound
-    of spectral.conv_spectral_norm and, for operators small enough (and ``dense``), Gram
-    iteration on the unrolled matrix (which converges to the norm itself)."""
-    (lh, rh), (lw, rw) = pads
-    bh, ah, ph = _symmetric(kernel.shape[-2], lh, rh)
-    bw, aw, pw = _symmetric(kernel.shape[-1], lw, rw)
-    kernel = F.pad(kernel, (bw, aw, bh, ah))
-    h, w = size
-    bound = spectral.conv_spectral_norm(
-        kernel, (h, w), padding=(ph, pw), stride=stride, method="gram", tol=tol
-    ).item()
-    method = "gram (certified)"
-    c_out, c_in, kh, kw = kernel.shape
-    out_h = (h + 2 * ph - kh) // stride[0] + 1
-    out_w = (w + 2 * pw - kw) // stride[1] + 1
-    if dense and _dense_fits(c_out * out_h * out_w, c_in * h * w):
-        matrix = spectral.conv_operator_matrix(kernel, (h, w), padding=(ph, pw), stride=stride)
-        value = spectral.gram_iteration(matrix, tol=tol).item()
-        if value < bound:
-            bound, method = value, "gram on the unrolled operator (certified)"
-    return bound, method
-
-
-def _padded_dense_norm(
-    kernel: Tensor,
-    size: tuple[int, int],
-    pads: tuple[int, int, int, int],
-    mode: str,
-    stride: tuple[int, int],
-    tol: float,
-) -> float | None:
-    """Gram bound of the unrolled operator of a circular/reflect/replicate-padded convolution,
-    or None when it is too large: the valid convolution's matrix on the padded image, with the
-    columns of the copies of a pixel added up (the matrix times the padding's selection matrix)."""
-    h, w = size
-    c_out, c_in, kh, kw = kernel.shape
-    H, W = h + pads[2] + pads[3], w + pads[0] + pads[1]
-    out_h, out_w = (H - kh) // stride[0] + 1, (W - kw) // stride[1] + 1
-    if not _dense_fits(c_out * out_h * out_w, c_in * H * W):
-        return None
-    valid = spectral.conv_operator_matrix(kernel, (H, W), padding=0, stride=stride)
-    index = torch.arange(h * w, dtype=torch.float64).reshape(1, 1, h, w)
-    source = F.pad(index, pads, mode=mode).flatten().long().to(valid.device)  # padded pixel -> pixel
-    columns = (source[None, :] + h * w * torch.arange(c_in, device=valid.device)[:, None]).flatten()
-    matrix = valid.new_zeros(valid.shape[0], c_in * h * w).index_add_(1, columns, valid)
-    return spectral.gram_iteration(matrix, tol=tol).item()
-
-
-def _fold(kernel: Tensor, n: int, dim: int) -> Tensor:
-    """Wrap a kernel longer than a circular image: taps a and a + n act on the same pixel."""
-    k = kernel.shape[dim]
-    if k <= n:
-        return kernel
-    pad = [0, 0, 0, 0]
-    pad[1 if dim == -1 else 3] = -k % n
-    kernel = F.pad(kernel, pad)
-    if dim == -1:
-        return kernel.reshape(*kernel.shape[:-1], -1, n).sum(-2)
-    c_out, c_in, _, kw = kernel.shape
-    return kernel.reshape(c_out, c_in, -1, n, kw).sum(2)
-
-
-def _circular_positions(n: int, out: int, stride: int, left: int) -> tuple[int, int]:
-    """(stride to use, multiplicity): output i of the circularly padded convolution is output
-    (i s - left) mod n of the stride-1 circular convolution. When the stride divides n and these
-    positions are distinct and in one coset of sZ_n, the layer is (a restriction of) the strided
-    circular convolution, up to a shift; otherwise it is a row selection of the stride-1 one in
-    which a row appears at most `multiplicity` times."""
-    positions = [(i * stride - left) % n for i in range(out)]
-    counts = Counter(positions)
-    if n % stride == 0 and max(counts.values()) == 1 and len({p % stride for p in positions}) == 1:
-        return stride, 1
-    return 1, max(counts.values())
-
-
-def _padding_pairs(conv: nn.Conv2d, kernel_size: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
-    """(left, right) padding per spatial dimension, as nn.Conv2d applies it."""
-    if isinstance(conv.padding, str):
-        if conv.padding == "valid":
-            return (0, 0), (0, 0)
-        totals = [k - 1 for k in kernel_size]  # "same": dilation * (k - 1), k the dilated size
-        return tuple((t // 2, t - t // 2) for t in totals)  # type: ignore[return-value]
-    ph, pw = _pair(conv.padding)
-    return (ph, ph), (pw, pw)
-
-
-def _conv2d_bound(conv: nn.Conv2d, input_shape: tuple, output_shape: tuple, tol: float) -> tuple[float, str]:
-    r"""Certified bound of a Conv2d layer on its input size (see :func:`layer_bounds`)."""
-    h, w = input_shape[-2:]
-    out_h, out_w = output_shape[-2:]
-    kernel = _dilate(_f64(conv.weight), _pair(conv.dilation))
-    kh, kw = kernel.shape[-2:]
-    (lh, rh), (lw, rw) = _padding_pairs(conv, (kh, kw))
-    sh, sw = _pair(conv.stride)
-    mode = "zeros" if lh == rh == lw == rw == 0 else conv.padding_mode  # no padding: all modes agree
-    per_group = kernel.shape[0] // conv.groups
-    results = []
-    for g in range(conv.groups):
-        k = kernel[g * per_group : (g + 1) * per_group]
-        if mode == "zeros":
-            results.append(_zero_padded_conv_norm(k, (h, w), ((lh, rh), (lw, rw)), (sh, sw), tol))
-            continue
-        if mode == "circular":
-            stride_h, mult_h = _circular_positions(h, out_h, sh, lh)
-            stride_w, mult_w = _circular_positions(w, out_w, sw, lw)
-            value = spectral.conv_spectral_norm(
-                _fold(_fold(k, h, -2), w, -1), (h, w), padding="circular", stride=(stride_h, stride_w),
-                method="gram", tol=tol,
-            ).item()  # fmt: skip
-            method = "gram (certified)"
-            if mult_h * mult_w > 1:
-                value *= math.sqrt(mult_h * mult_w)
-                method = f"gram (certified) x sqrt({mult_h * mult_w}) repeated outputs"
-        else:  # reflect / replicate: a row selection P (one 1 per row) then a valid convolution
-            index = torch.arange(h * w, dtype=torch.float64).reshape(1, 1, h, w)
-            padded = F.pad(index, (lw, rw, lh, rh), mode=mode)
-            copies = int(torch.bincount(padded.flatten().long(), minlength=h * w).max())
-            value, _ = _zero_padded_conv_norm(
-                k, (h + lh + rh, w + lw + rw), ((0, 0), (0, 0)), (sh, sw), tol, dense=False
-            )
-            value *= math.sqrt(copies)  # ||P||_2 = sqrt(largest number of copies of a pixel)
-            method = f"gram (certified) x sqrt({copies}) {mode} padding"
-        dense = _padded_dense_norm(k, (h, w), (lw, rw, lh, rh), mode, (sh, sw), tol)
-        if dense is not None and dense < value:
-            value, method = dense, "gram on the unrolled operator (certified)"
-        results.append((value, method))
-    value, method = max(results, key=lambda result: result[0])
-    if conv.groups > 1:
-        method = f"{method}, max over {conv.groups} groups"
-    return value, method
+def _conv2d_bound(conv: nn.Conv2d, input_shape: tuple, tol: float) -> tuple[float, str]:
+    r"""Certified bound of a Conv2d layer on its input size: :func:`stabilitylab.spectral.conv2d_module_norm`
+    of the float64 weights (see :func:`layer_bounds`)."""
+    with torch.no_grad():
+        result = spectral.conv2d_module_norm(conv, tuple(input_shape[-2:]), tol=tol, dtype=torch.float64)
+    return result.upper.item(), result.method
 
 
 # ----------------------------------------------------------------------------- pooling
@@ -865,8 +703,8 @@ def _window_count(n: int, out: int, kernel: int, stride: int, pad: int, dilation
 
 
 def _maxpool_counts(pool: nn.MaxPool2d, input_shape: tuple, output_shape: tuple) -> tuple[list[int], list[int]]:
-    (kh, kw), (sh, sw) = _pair(pool.kernel_size), _pair(pool.stride)
-    (ph, pw), (dh, dw) = _pair(pool.padding), _pair(pool.dilation)
+    (kh, kw), (sh, sw) = check_pair(pool.kernel_size, "kernel_size"), check_pair(pool.stride, "stride")
+    (ph, pw), (dh, dw) = check_pair(pool.padding, "padding", 0), check_pair(pool.dilation, "dilation")
     h, w = input_shape[-2:]
     out_h, out_w = output_shape[-2:]
     return _window_count(h, out_h, kh, sh, ph, dh), _window_count(w, out_w, kw, sw, pw, dw)
@@ -899,9 +737,9 @@ def _avgpool_conv(pool: nn.Module, h: int, w: int, out_h: int, out_w: int):
         kh, kw = h // out_h, w // out_w
         kernel = torch.full((1, 1, kh, kw), 1.0 / (kh * kw), dtype=torch.float64)
         return kernel, ((0, 0), (0, 0)), (kh, kw)
-    (kh, kw) = _pair(pool.kernel_size)
-    (sh, sw) = _pair(pool.stride if pool.stride is not None else pool.kernel_size)
-    (ph, pw) = _pair(pool.padding)
+    (kh, kw) = check_pair(pool.kernel_size, "kernel_size")
+    (sh, sw) = check_pair(pool.stride if pool.stride is not None else pool.kernel_size, "stride")
+    (ph, pw) = check_pair(pool.padding, "padding", 0)
     # a ceil-mode window reaching past the right padding: pad the right side further with zeros
     right_h = max(ph, (out_h - 1) * sh + kh - h - ph)
     right_w = max(pw, (out_w - 1) * sw + kw - w - pw)
@@ -934,9 +772,10 @@ def _avgpool_bound(pool: nn.Module, input_shape: tuple, output_shape: tuple, tol
     conv = _avgpool_conv(pool, h, w, out_h, out_w)
     if conv is not None:
         kernel, pads, stride = conv
-        value, conv_method = _zero_padded_conv_norm(kernel, (h, w), pads, stride, tol)
-        if value < bound:
-            bound, method = value, conv_method
+        with torch.no_grad():
+            value, conv_method = spectral.conv2d_norm(kernel, (h, w), padding=pads, stride=stride, tol=tol)
+        if value.item() < bound:
+            bound, method = value.item(), conv_method
     return bound, method
 
 
@@ -950,7 +789,7 @@ def _layer_bound(layer: _Layer, tol: float) -> tuple[float, str]:
     if kind == "linear":
         return spectral.gram_iteration(_f64(module.weight), tol=tol).item(), "gram (certified)"
     if kind == "conv2d":
-        return _conv2d_bound(module, layer.input_shape, layer.output_shape, tol)
+        return _conv2d_bound(module, layer.input_shape, tol)
     if kind == "batchnorm":
         return _batchnorm_scales(module).abs().max().item(), "closed form (exact)"
     if kind == "maxpool":
@@ -959,7 +798,7 @@ def _layer_bound(layer: _Layer, tol: float) -> tuple[float, str]:
         return _avgpool_bound(module, layer.input_shape, layer.output_shape, tol)
     if kind in ("reshape", "dropout"):
         return 1.0, "1-Lipschitz (isometry)" if kind == "reshape" else "1-Lipschitz (identity in eval)"
-    return activation_constant(module)
+    return _activation_constant(module)
 
 
 def _batchnorm_scales(bn: nn.Module) -> Tensor:
@@ -972,7 +811,7 @@ def _batchnorm_scales(bn: nn.Module) -> Tensor:
 def _rows(model, input_shape, tol) -> tuple[list[_Layer], list[LayerBound]]:
     model = _check_model(model)
     input_shape = _check_input_shape(input_shape)
-    tol = _check_tol(tol)
+    tol = check_tol(tol)
     layers = _layers(model, input_shape)
     rows = []
     for layer in layers:
@@ -995,7 +834,7 @@ def layer_bounds(model: nn.Module, input_shape: Sequence[int] | int, *, tol: flo
       inserts zeros between the taps; ``groups`` make the operator block-diagonal, so its norm
       is the largest over groups. Zero padding (int, pair, ``"same"`` with its asymmetric split,
       ``"valid"``) is rewritten as a symmetric padding of a zero-extended kernel (same map, see
-      :func:`_symmetric`) and bounded by :func:`stabilitylab.spectral.conv_spectral_norm`
+      :func:`stabilitylab.spectral.conv2d_norm`) and bounded by :func:`stabilitylab.spectral.conv_spectral_norm`
       (``method="gram"``: the circular embedding of [delattre2024spectral]); for operators up to
       about a thousand on a side, Gram iteration on the unrolled operator
       (:func:`stabilitylab.spectral.conv_operator_matrix`) is also run and the smaller
@@ -1070,7 +909,116 @@ def upper_bound(model: nn.Module, input_shape: Sequence[int] | int, *, tol: floa
         [virmaux2018lipschitz], [delattre2023efficient].
     """
     rows = layer_bounds(model, input_shape, tol=tol)
-    return torch.tensor(math.prod(row.bound for row in rows), dtype=torch.float64)
+    return torch.tensor(math.prod(row.upper for row in rows), dtype=torch.float64)
+
+
+def pairwise_row_distances(weight: Tensor) -> Tensor:
+    r"""The distances between the rows of a matrix: :math:`D_{ij} = \|w_i - w_j\|_2`.
+
+    For a last linear layer :math:`z = W g + b` with rows :math:`w_i`, the logit difference
+    :math:`z_i - z_j = (w_i - w_j)^\top g + (b_i - b_j)` is :math:`D_{ij}`-Lipschitz in
+    :math:`g` (exactly: it is linear), so :math:`D_{ij} L_g` bounds the Lipschitz constant of
+    :math:`z_i - z_j` for a :math:`L_g`-Lipschitz :math:`g` [tsuzuku2018lipschitz]. Computed
+    from the differences themselves (not from :math:`\|w_i\|^2 + \|w_j\|^2 - 2 w_i^\top w_j`,
+    which cancels catastrophically for close rows), in chunks of about 4M entries, in the
+    weight's dtype and on its device; differentiable (the gradient at :math:`D_{ij} = 0` is 0).
+    Pass a float64 copy for a certificate of the weights read exactly.
+
+    Args:
+        weight: ``(C, d)``, real, finite.
+
+    Returns:
+        ``(C, C)``, symmetric, exactly 0 on the diagonal, in ``weight``'s dtype.
+
+    Raises:
+        TypeError: ``weight`` not a floating tensor.
+        ValueError: ``weight`` not 2-D, empty, or with NaN/Inf entries.
+
+    References:
+        [tsuzuku2018lipschitz], [singla2022improved].
+    """
+    check_tensor(weight, "weight", min_dims=2, max_dims=2)
+    C, d = weight.shape
+    chunk = max(1, 2**22 // max(1, C * d))
+    rows = [
+        torch.linalg.vector_norm(weight[i : i + chunk, None, :] - weight[None, :, :], dim=-1)
+        for i in range(0, C, chunk)
+    ]
+    distances = torch.cat(rows)
+    eye = torch.eye(C, dtype=torch.bool, device=weight.device)
+    return distances.masked_fill(eye, 0.0)
+
+
+class LinearHead(NamedTuple):
+    """The last layer of a classifier, as :func:`linear_head` finds it.
+
+    Attributes:
+        name: the layer's name in ``model.named_modules()``.
+        module: the layer.
+        weight: ``(C, d)`` the matrix it applies (detached; for the package's constrained layers
+            the normalized / orthogonal weight, not the trainable parameter).
+        body: an ``nn.Sequential`` of the layers before it (the features :math:`g`).
+    """
+
+    name: str
+    module: nn.Module
+    weight: Tensor
+    body: nn.Sequential
+
+
+def _head_weight(module: nn.Module) -> Tensor | None:
+    """The matrix a dense head applies, or None: a plain ``nn.Linear``'s weight, or the weight of
+    the plain ``nn.Linear`` its ``export_module()`` returns (the package's 1-Lipschitz dense
+    layers, Cayley, BRO and LLN included, export the same function as a plain Linear)."""
+    if type(module).forward is nn.Linear.forward and isinstance(module, nn.Linear):
+        return module.weight.detach()
+    export = getattr(module, "export_module", None)
+    if not callable(export):
+        return None
+    try:
+        with torch.no_grad():
+            exported = export()
+    except TypeError:  # an export that needs arguments (an image size): not a dense head
+        return None
+    if type(exported) is not nn.Linear:
+        return None
+    return exported.weight.detach()
+
+
+def linear_head(model: nn.Module) -> LinearHead:
+    r"""The last dense layer of a sequential classifier and the layers below it.
+
+    The model is walked as in :func:`layer_bounds` (nested ``nn.Sequential`` flattened); its
+    last layer must apply a fixed matrix to ``(N, d)`` features: a plain ``nn.Linear``, or a
+    layer whose ``export_module()`` returns one, i.e. every head of
+    :data:`stabilitylab.models.LIPSCHITZ_HEADS` (``SpectralLinear``, ``BjorckLinear``,
+    ``AOLLinear``, ``CayleyLinear``, ``BROLinear``, ``LLNLinear``). Its matrix's rows give the
+    pairwise constants of the logit differences (:func:`pairwise_row_distances`).
+
+    Args:
+        model: an ``nn.Sequential`` classifier (or a single dense layer: then ``body`` is empty).
+
+    Returns:
+        A :class:`LinearHead` ``(name, module, weight, body)``.
+
+    Raises:
+        TypeError: ``model`` not an ``nn.Module``; a Sequential subclass that overrides
+            ``forward``.
+        ValueError: an empty model, or a last layer that is not a dense head as above.
+    """
+    model = _check_model(model)
+    leaves = _leaves(model, "")
+    if not leaves:
+        raise ValueError("model has no layers: its last module must be a linear layer")
+    name, last = leaves[-1]
+    weight = _head_weight(last)
+    if weight is None or weight.ndim != 2:
+        raise ValueError(
+            f"the last layer of model must be a linear layer: a plain nn.Linear or a layer whose "
+            f"export_module() returns one (every head of models.LIPSCHITZ_HEADS), got "
+            f"{name or '(model)'!r} of type {type(last).__name__}"
+        )
+    return LinearHead(name, last, weight, nn.Sequential(*(module for _, module in leaves[:-1])))
 
 
 def pairwise_logit_bound(model: nn.Module, input_shape: Sequence[int] | int, *, tol: float = 1e-3) -> Tensor:
@@ -1079,21 +1027,26 @@ def pairwise_logit_bound(model: nn.Module, input_shape: Sequence[int] | int, *, 
     For a network :math:`f(x) = W g(x) + b` ending in a linear layer with rows :math:`w_i`,
     :math:`f_i - f_j = (w_i - w_j)^\top g + (b_i - b_j)`, so
 
-    .. math:: \operatorname{Lip}(f_i - f_j) \le L_{ij} = \|w_i - w_j\|_2 \, L_g,
+    .. math:: \operatorname{Lip}(f_i - f_j) \le L_{ij}
+        = \min\bigl(\|w_i - w_j\|_2,\ \sqrt2\, \hat L_W\bigr)\, L_g,
 
-    with :math:`L_g` the product bound of the layers before the last one. Since
-    :math:`\|w_i - w_j\| = \|(e_i - e_j)^\top W\| \le \sqrt2 \|W\|_2`,
-    :math:`L_{ij} \le \sqrt2\,` :func:`upper_bound`. Margin certificates use it
-    [tsuzuku2018lipschitz]: if class :math:`y` wins at :math:`x` by margins
-    :math:`m_j = f_y(x) - f_j(x) > 0`, no perturbation with
+    with :math:`L_g` the product bound of the layers before the last one and :math:`\hat L_W`
+    the last layer's own bound from :func:`layer_bounds` (its Gram bound, or the constant it
+    declares, e.g. 1 for an orthogonal head). Since
+    :math:`\|w_i - w_j\| = \|(e_i - e_j)^\top W\| \le \sqrt2 \|W\|_2`, the minimum is the row
+    distance in exact arithmetic; taking it makes :math:`L_{ij} \le \sqrt2\,`
+    :func:`upper_bound` hold in floating point too, so a pairwise certificate is never below the
+    global one. Margin certificates use it [tsuzuku2018lipschitz]: if class :math:`y` wins at
+    :math:`x` by margins :math:`m_j = f_y(x) - f_j(x) > 0`, no perturbation with
     :math:`\|\delta\|_2 < \min_{j \ne y} m_j / L_{yj}` changes the prediction, against
-    :math:`\min_j m_j / (\sqrt2 L)` from the global constant. It helps when the rows differences
-    do not line up with the top singular direction of :math:`W` (many classes; the gain is
-    :math:`\sqrt2 \|W\|_2 / \|w_y - w_j\|`), and never hurts.
+    :math:`\min_j m_j / (\sqrt2 L)` from the global constant. It helps when the row differences
+    do not line up with the top singular direction of :math:`W` (many classes, last-layer
+    normalization [singla2022improved]), and never hurts.
 
     Args:
         model: an ``nn.Sequential`` whose last layer (after flattening nested Sequentials) is a
-            plain ``nn.Linear`` applied to vectors.
+            dense head applied to ``(N, features)``: a plain ``nn.Linear`` or any head of
+            :data:`stabilitylab.models.LIPSCHITZ_HEADS` (see :func:`linear_head`).
         input_shape, tol: see :func:`layer_bounds`.
 
     Returns:
@@ -1101,40 +1054,22 @@ def pairwise_logit_bound(model: nn.Module, input_shape: Sequence[int] | int, *, 
         logits.
 
     Raises:
-        ValueError: the last layer is not a plain ``nn.Linear`` on ``(N, features)`` inputs;
-            the errors of :func:`layer_bounds`.
+        ValueError: the last layer is not a dense head on ``(N, features)`` inputs; the errors
+            of :func:`layer_bounds`.
         TypeError: see :func:`layer_bounds`.
 
     References:
         [tsuzuku2018lipschitz], [virmaux2018lipschitz].
     """
-    model = _check_model(model)
-    leaves = _leaves(model, "")
-    if not leaves:
-        raise ValueError("model has no layers: its last module must be an nn.Linear")
-    name, last = leaves[-1]
-    if (
-        not isinstance(last, nn.Linear)
-        or type(last).forward is not nn.Linear.forward
-        or _declared_constant(last) is not None
-    ):
-        raise ValueError(
-            f"the last module of the model must be a plain nn.Linear (its rows give the logit "
-            f"differences), got {name or '(model)'!r} of type {type(last).__name__}"
-        )
+    head = linear_head(model)
     layers, rows = _rows(model, input_shape, tol)
     if len(layers[-1].input_shape) != 2:
         raise ValueError(
-            f"the last Linear must act on (N, features) inputs, got an input of shape {layers[-1].input_shape}"
+            f"the last linear layer must act on (N, features) inputs, got an input of shape {layers[-1].input_shape}"
         )
-    features = math.prod(row.bound for row in rows[:-1])
-    W = _f64(last.weight)
-    C = W.shape[0]
-    chunk = max(1, 2**22 // max(1, C * W.shape[1]))
-    distances = torch.cat(
-        [torch.linalg.vector_norm(W[i : i + chunk, None, :] - W[None, :, :], dim=-1) for i in range(0, C, chunk)]
-    )
-    distances.fill_diagonal_(0.0)
+    features = math.prod(row.upper for row in rows[:-1])
+    distances = pairwise_row_distances(_f64(head.weight))
+    distances = torch.clamp(distances, max=math.sqrt(2.0) * rows[-1].upper)
     return (distances * features).cpu()
 
 
@@ -1210,17 +1145,48 @@ def jacobian_singular_values(fn: Callable[[Tensor], Tensor] | nn.Module, x: Tens
     ``(m, n)`` matrix with :math:`n` input and :math:`m` output entries. Its largest value is the
     local Lipschitz constant at ``x`` (a lower bound of the global one); all values equal to 1
     mean the map is locally orthogonal. Built densely with ``torch.autograd.functional.jacobian``:
-    meant for inputs of a few thousand entries (use float64 to compare with 1 tightly).
+    meant for inputs of a few thousand entries (use float64 to compare with 1 tightly). Works
+    under the caller's ``torch.no_grad()`` and ``torch.inference_mode()`` (autograd is switched
+    on inside); ``x`` is moved to the device of ``fn``'s parameters when it is a module.
+
+    Args:
+        fn: a module or a callable mapping ``(B, *input_shape)`` to ``(B, *output_shape)``.
+        x: one input ``input_shape`` (no batch dimension): a finite floating tensor.
 
     Returns:
-        ``(min(m, n),)`` tensor in the dtype of ``x``.
+        ``(min(m, n),)`` tensor in the dtype of ``x``, detached.
+
+    Raises:
+        TypeError: ``fn`` not callable; ``x`` not a floating tensor; ``fn`` not returning a
+            tensor.
+        ValueError: an empty, 0-dim or non-finite ``x``, or an ``x`` that ``fn`` cannot take
+            (the message names ``x`` and its shape).
     """
     if not callable(fn):
         raise TypeError(f"fn must be a module or a callable, got {type(fn).__name__}")
-    if not isinstance(x, Tensor) or x.numel() == 0:
-        raise ValueError("x must be a non-empty tensor: one input, without a batch dimension")
-    J = torch.autograd.functional.jacobian(lambda v: fn(v[None])[0], x, vectorize=True)
-    return torch.linalg.svdvals(J.reshape(-1, x.numel()))
+    check_tensor(x, "x", min_dims=1)
+    (x,) = to_model_device(fn, x)
+    return _with_autograd(_jacobian_singular_values)(fn, x)
+
+
+def _jacobian_singular_values(fn, x: Tensor) -> Tensor:
+    x = _normal_tensor(x)  # out of inference mode here: a normal tensor autograd can use
+    def one(v: Tensor) -> Tensor:
+        out = fn(v[None])
+        if not isinstance(out, Tensor):
+            raise TypeError(f"fn must return a tensor, got {type(out).__name__}")
+        return out[0]
+
+    try:
+        J = torch.autograd.functional.jacobian(one, x, vectorize=True)
+    except TypeError:
+        raise
+    except (RuntimeError, IndexError) as error:
+        raise ValueError(
+            f"x of shape {tuple(x.shape)} (one input, without the batch dimension) does not fit fn: "
+            f"{type(error).__name__}: {error}"
+        ) from error
+    return torch.linalg.svdvals(J.reshape(-1, x.numel())).detach()
 
 
 def backward_gradient_norms(blocks: nn.Sequential, x: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
@@ -1233,29 +1199,55 @@ def backward_gradient_norms(blocks: nn.Sequential, x: Tensor, *, generator: torc
     first entry is the norm after one block, the last after all :math:`D`. Orthogonal blocks
     keep every entry at 1; contracting ones (or ReLU, which zeroes half the coordinates) make it
     decay geometrically: the gradient-norm-preservation argument for GroupSort networks
-    [anil2019sorting].
+    [anil2019sorting]. Works under the caller's ``torch.no_grad()`` and
+    ``torch.inference_mode()``; ``x`` is moved to the blocks' device.
+
+    Args:
+        blocks: a non-empty ``nn.Sequential`` of blocks mapping ``(N, d)`` to ``(N, d')``.
+        x: ``(N, d)`` finite floating inputs, ``N >= 1``.
+        generator: seeds the random unit vectors :math:`u_i` (a CPU generator).
 
     Returns:
         ``(D,)`` tensor on the CPU.
+
+    Raises:
+        TypeError: ``blocks`` not a non-empty ``nn.Sequential``; ``x`` not a floating tensor;
+            a bad ``generator``.
+        ValueError: ``x`` not ``(N, d)``, empty or non-finite; blocks that do not return
+            ``(N, d')`` tensors from it.
     """
     if not isinstance(blocks, nn.Sequential) or len(blocks) == 0:
         raise TypeError(f"blocks must be a non-empty nn.Sequential, got {type(blocks).__name__}")
-    if not isinstance(x, Tensor) or x.ndim != 2:
-        raise ValueError(f"x must be a tensor of shape (N, d), got {getattr(x, 'shape', type(x).__name__)}")
-    inputs, h = [], x.detach().requires_grad_()
-    for block in blocks:
-        inputs.append(h)
-        h = block(h)
+    check_tensor(x, "x", min_dims=2, max_dims=2)
+    check_generator(generator)
+    (x,) = to_model_device(blocks, x)
+    return _with_autograd(_backward_gradient_norms)(blocks, x, generator)
+
+
+def _backward_gradient_norms(blocks: nn.Sequential, x: Tensor, generator) -> Tensor:
+    inputs, h = [], _normal_tensor(x).requires_grad_()
+    try:
+        for block in blocks:
+            inputs.append(h)
+            h = block(h)
+    except (RuntimeError, IndexError) as error:
+        raise ValueError(
+            f"x of shape {tuple(x.shape)} does not fit blocks: {type(error).__name__}: {error}"
+        ) from error
+    if not isinstance(h, Tensor) or h.ndim != 2 or h.shape[0] != x.shape[0]:
+        raise ValueError(f"blocks must map x (N, d) to outputs (N, d'), got {getattr(h, 'shape', type(h).__name__)}")
     u = torch.randn(h.shape, generator=generator, dtype=h.dtype).to(h.device)
-    grads = torch.autograd.grad((h * u / u.norm(dim=1, keepdim=True)).sum(), inputs)
-    return torch.stack([g.norm(dim=1).mean() for g in grads]).flip(0).cpu()
+    grads = torch.autograd.grad((h * u / u.norm(dim=1, keepdim=True)).sum(), inputs, allow_unused=True)
+    norms = [torch.zeros((), dtype=h.dtype, device=h.device) if g is None else g.norm(dim=1).mean() for g in grads]
+    return torch.stack(norms).flip(0).detach().cpu()
 
 
+@renamed_kwargs(n_steps="n_iter")
 def lower_bound(
     model: nn.Module,
     x: Tensor,
     *,
-    n_steps: int = 50,
+    n_iter: int = 50,
     step_size: float | None = None,
     n_starts: int = 8,
     generator: torch.Generator | None = None,
@@ -1269,7 +1261,7 @@ def lower_bound(
        :math:`\|J_f(x)v\| = \lim_{t\to0}\|f(x + tv) - f(x)\|/t \le \operatorname{Lip}(f)`.
     2. From the ``n_starts`` points of largest Jacobian norm, pairs
        :math:`(a, b) = (x_b, x_b + \delta)` with a small :math:`\delta` along the top singular
-       vector plus a random direction are moved by Adam (``n_steps`` steps) to increase
+       vector plus a random direction are moved by Adam (``n_iter`` steps) to increase
        :math:`\log \|f(a) - f(b)\| - \log \|a - b\|`, with :math:`\|a - b\|` kept above a
        floor so that the quotient is not rounding noise [virmaux2018lipschitz].
 
@@ -1285,7 +1277,8 @@ def lower_bound(
     Args:
         model: any ``nn.Module`` mapping ``(N, *input_shape)`` to a tensor.
         x: ``(N, *input_shape)`` points, finite, N >= 1.
-        n_steps: gradient-ascent steps (0: Jacobian norms only).
+        n_iter: gradient-ascent steps (0: Jacobian norms only); ``n_steps`` is its deprecated
+            name.
         step_size: Adam learning rate; default ``0.05 * rms(x)`` (0.05 when x is all zeros).
         n_starts: how many of the best points start an ascent.
         generator: seeds the random directions (CPU generator).
@@ -1296,7 +1289,7 @@ def lower_bound(
     Raises:
         TypeError: ``model`` not an ``nn.Module``; ``x`` not a floating tensor; a model that
             does not return a tensor.
-        ValueError: empty ``x``, NaN/Inf in ``x``, ``n_steps`` < 0, ``n_starts`` < 1,
+        ValueError: empty ``x``, NaN/Inf in ``x``, ``n_iter`` < 0, ``n_starts`` < 1,
             ``step_size`` <= 0, or an ``x`` that does not fit the model.
 
     References:
@@ -1304,26 +1297,17 @@ def lower_bound(
     """
     model = _check_model(model)
     x = _check_points(x)
-    if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 0:
-        raise ValueError(f"n_steps must be an int >= 0, got {n_steps!r}")
-    if isinstance(n_starts, bool) or not isinstance(n_starts, int) or n_starts < 1:
-        raise ValueError(f"n_starts must be an int >= 1, got {n_starts!r}")
-    if step_size is not None and (
-        isinstance(step_size, bool) or not isinstance(step_size, (int, float)) or not step_size > 0
-    ):
-        raise ValueError(f"step_size must be a positive number, got {step_size!r}")
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        with _preserved_state(model):
-            return _with_autograd(_lower_bound)(model, x, n_steps, step_size, n_starts, generator)
-    finally:
-        for module, mode in modes:
-            module.training = mode
+    n_iter = check_int(n_iter, "n_iter", 0)
+    n_starts = check_int(n_starts, "n_starts", 1)
+    if step_size is not None:
+        check_number(step_size, "step_size", minimum=0.0, strict=True)
+    check_generator(generator)
+    with eval_mode(model), _preserved_state(model):
+        return _with_autograd(_lower_bound)(model, x, n_iter, step_size, n_starts, generator)
 
 
 def _lower_bound(model, x, n_steps, step_size, n_starts, generator) -> Tensor:
-    device = _compute_device(x.device)
+    device = _compute_device(model_device(model, x.device))  # the model's device; x is moved there
     f = _float64_function(model, device)
     f1 = _per_sample(f)
     X = _normal_tensor(x.to(device=device, dtype=torch.float64))
@@ -1434,12 +1418,13 @@ def _layer_lower(layer: _Layer, upper: float, generator) -> tuple[float, str]:
     return best, "Jacobian norm at random points (attained)"
 
 
+@renamed_kwargs(n_steps="n_iter")
 def report(
     model: nn.Module,
     x: Tensor,
-    input_shape: Sequence[int] | int,
+    input_shape: Sequence[int] | int | None = None,
     *,
-    n_steps: int = 50,
+    n_iter: int = 50,
     tol: float = 1e-3,
     generator: torch.Generator | None = None,
 ) -> LipschitzReport:
@@ -1458,9 +1443,11 @@ def report(
     product overestimates the constant.
 
     Args:
-        model, input_shape, tol: see :func:`layer_bounds`.
+        model, tol: see :func:`layer_bounds`.
         x: ``(N, *input_shape)`` points for :func:`lower_bound`.
-        n_steps: gradient-ascent steps of :func:`lower_bound`.
+        input_shape: the shape of one input without the batch dimension; default
+            ``x.shape[1:]`` (given, it must equal it).
+        n_iter: gradient-ascent steps of :func:`lower_bound` (``n_steps``: deprecated name).
         generator: seeds the power iterations and the ascent.
 
     Returns:
@@ -1473,19 +1460,25 @@ def report(
     References:
         [virmaux2018lipschitz], [delattre2023efficient].
     """
-    layers, rows = _rows(model, input_shape, tol)
+    model = _check_model(model)
     x = _check_points(x)
-    shape = _check_input_shape(input_shape)
+    if x.ndim < 2:
+        raise ValueError(f"x must be a batch (N, *input_shape) with at least 2 dimensions, got shape {tuple(x.shape)}")
+    shape = tuple(x.shape[1:]) if input_shape is None else _check_input_shape(input_shape)
     if tuple(x.shape[1:]) != shape:
         raise ValueError(
-            f"x has shape {tuple(x.shape)}, which does not match input_shape {shape} (plus the batch dimension)"
+            f"x has shape {tuple(x.shape)}, which does not match input_shape {shape} (plus the batch "
+            "dimension); omit input_shape to use x.shape[1:]"
         )
+    n_iter = check_int(n_iter, "n_iter", 0)
+    check_generator(generator)
+    layers, rows = _rows(model, shape, tol)
     table = []
     for layer, row in zip(layers, rows):
         with _preserved_state(layer.module):
-            lower, lower_method = _with_autograd(_layer_lower)(layer, row.bound, generator)
-        table.append(LayerReport(row.name, row.kind, row.input_shape, row.bound, lower, row.method, lower_method))
-    upper = math.prod(row.bound for row in rows)
-    lower = lower_bound(model, x, n_steps=n_steps, generator=generator).item()
+            lower, lower_method = _with_autograd(_layer_lower)(layer, row.upper, generator)
+        table.append(LayerReport(row.name, row.kind, row.input_shape, row.upper, lower, row.method, lower_method))
+    upper = math.prod(row.upper for row in rows)
+    lower = lower_bound(model, x, n_iter=n_iter, generator=generator).item()
     ratio = upper / lower if lower > 0 else math.inf
     return LipschitzReport(table, upper, lower, ratio)

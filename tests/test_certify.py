@@ -34,7 +34,10 @@ def test_radius_by_hand():
     torch.testing.assert_close(certified_radius(z, y, lipschitz=2.0), expected)
     torch.testing.assert_close(certified_radius(z, y, lipschitz=torch.tensor(2.0)), expected)
     # linf: divided by sqrt(n)
-    torch.testing.assert_close(certified_radius(z, y, lipschitz=2.0, norm="linf", input_dim=9), expected / 3.0)
+    torch.testing.assert_close(certified_radius(z, y, lipschitz=2.0, norm="linf", input_shape=9), expected / 3.0)
+    torch.testing.assert_close(certified_radius(z, y, lipschitz=2.0, norm="linf", input_shape=(1, 3, 3)), expected / 3.0)
+    with pytest.warns(DeprecationWarning, match="input_dim"):  # the old keyword, for one release
+        torch.testing.assert_close(certified_radius(z, y, lipschitz=2.0, norm="linf", input_dim=9), expected / 3.0)
     # float32 logits: float32 radii, never above the exact value; the margins are reduced by the
     # rounding allowance of float32 logits, 64 eps max_k |z_k| (issue 12, item 6)
     r32 = certified_radius(z.float(), y, lipschitz=2.0)
@@ -128,7 +131,7 @@ def test_linf_certificate_below_true_linf_distance(seed, c, d):
     W, b, x = _unit_rows(seed, c, d)
     dist_inf, z, y = _true_distance(W, b, x, norm="linf")
     r2 = certified_radius(z, y, lipschitz=1.0, last_layer_weight=W)
-    rinf = certified_radius(z, y, lipschitz=1.0, last_layer_weight=W, norm="linf", input_dim=d)
+    rinf = certified_radius(z, y, lipschitz=1.0, last_layer_weight=W, norm="linf", input_shape=d)
     torch.testing.assert_close(rinf, r2 / math.sqrt(d))
     assert bool((rinf <= dist_inf * (1 + 1e-12)).all())
 
@@ -171,7 +174,7 @@ def trained():
 def test_certificates_survive_attacks(trained):
     model, x, y = trained
     gen = torch.Generator().manual_seed(0)
-    report = check_soundness(model, x[:200], y[:200], n_steps=30, restarts=1, generator=gen)
+    report = check_soundness(model, x[:200], y[:200], n_iter=30, restarts=1, generator=gen)
     assert report.n_points == 200
     assert report.n_certified > 150  # the model is accurate
     assert report.n_attacked == report.n_certified
@@ -181,14 +184,14 @@ def test_certificates_survive_attacks(trained):
     lo, hi = data.load_dataset("moons", n_samples=400).input_range
     box = (float(x.min()) - 0.1, float(x.max()) + 0.1)
     for kwargs in ({"last_layer": True}, {"norm": "linf"}, {"bounds": box}, {"bounds": (lo, hi), "norm": "linf"}):
-        assert check_soundness(model, x[:100], y[:100], n_steps=20, restarts=1, generator=gen, **kwargs).sound
+        assert check_soundness(model, x[:100], y[:100], n_iter=20, restarts=1, generator=gen, **kwargs).sound
     assert "sound" in str(report)
 
 
 def test_inflated_radius_is_caught(trained):
     model, x, y = trained
     gen = torch.Generator().manual_seed(1)
-    report = check_soundness(model, x[:100], y[:100], lipschitz=0.01, n_steps=30, restarts=1, generator=gen)
+    report = check_soundness(model, x[:100], y[:100], lipschitz=0.01, n_iter=30, restarts=1, generator=gen)
     assert not report.sound
     assert report.n_flipped > 0
     assert report.max_margin_ratio > 1.0
@@ -221,7 +224,7 @@ def test_certified_accuracy_at_zero_is_clean_accuracy(trained):
     model, x, y = trained
     clean = evaluate(model, (x, y))["accuracy"]
     assert certified_accuracy(model, (x, y), 0.0) == pytest.approx(clean)
-    curve = certified_accuracy(model, (x, y), [0.0, 0.1, 0.3, 1.0])
+    curve = certify.certified_accuracy_curve(model, (x, y), [0.0, 0.1, 0.3, 1.0])
     assert isinstance(curve, torch.Tensor) and curve.shape == (4,)
     assert curve[0].item() == pytest.approx(clean)
     assert bool((curve[1:] <= curve[:-1]).all())
@@ -231,10 +234,18 @@ def test_certified_accuracy_at_zero_is_clean_accuracy(trained):
     torch.testing.assert_close(certified_radii(model, dataset), r_pair)
     torch.testing.assert_close(certified_radii(model, DataLoader(dataset, batch_size=50)), r_pair)
     torch.testing.assert_close(certified_radii(model, (x, y), lipschitz=1.0), r_pair)
+    L = lipschitz.upper_bound(model, (2,))
     with torch.no_grad():
         z = model(x)
-    torch.testing.assert_close(r_pair, certified_radius(z, y, lipschitz=lipschitz.upper_bound(model, (2,))))
-    # linf from the model: input_dim is the number of features
+        state = {k: v.double() for k, v in (*model.named_parameters(), *model.named_buffers())}
+        z64 = torch.func.functional_call(model, state, (x.double(),))
+    # the margins are computed from float64 logits (the float32 parameters read exactly), the
+    # radii rounded down into float32; float64=False reads the float32 logits
+    expected = certified_radius(z64, y, lipschitz=L)
+    torch.testing.assert_close(r_pair, expected.float(), rtol=1e-6, atol=0)
+    assert bool((r_pair.double() <= expected).all())
+    torch.testing.assert_close(certified_radii(model, (x, y), float64=False), certified_radius(z, y, lipschitz=L))
+    # linf from the model: n is the number of features
     torch.testing.assert_close(certified_radii(model, (x, y), norm="linf"), r_pair / SQRT2, rtol=1e-6, atol=0)
     assert model.training is False
 
@@ -261,8 +272,9 @@ def test_accuracy_curve_by_hand():
         ({"lipschitz": torch.ones(2, 2)}, "lipschitz"),
         ({"lipschitz": -torch.ones(3, 3)}, "lipschitz"),
         ({"norm": "l1"}, "norm"),
-        ({"norm": "linf"}, "input_dim"),
-        ({"norm": "linf", "input_dim": 0}, "input_dim"),
+        ({"norm": "linf"}, "input_shape"),
+        ({"norm": "linf", "input_shape": 0}, "input_shape"),
+        ({"norm": "linf", "input_shape": (3, -1)}, "input_shape"),
         ({"last_layer_weight": torch.randn(2, 4)}, "last_layer_weight"),
         ({"lipschitz": torch.ones(3, 3), "last_layer_weight": torch.randn(3, 4)}, "last_layer_weight"),
     ],
@@ -311,8 +323,8 @@ def test_model_level_bad_inputs(trained):
         check_soundness(model, x, y[:5])
     with pytest.raises(ValueError, match="norm"):
         check_soundness(model, x, y, norm="l1")
-    with pytest.raises(ValueError, match="n_steps"):
-        check_soundness(model, x, y, n_steps=0)
+    with pytest.raises(ValueError, match="n_iter"):
+        check_soundness(model, x, y, n_iter=0)
     with pytest.raises(ValueError, match="rtol"):
         check_soundness(model, x, y, rtol=1.0)
     with pytest.raises(ValueError, match="last_layer"):

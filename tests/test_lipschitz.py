@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from stabilitylab import lipschitz, models, spectral
+from stabilitylab._checks import check_pair
 from stabilitylab.layers import GroupSort
 
 SLACK = 1e-9  # float64 rounding of a certified bound
@@ -79,7 +80,7 @@ def test_mlp_upper_bound_dominates_the_jacobian_and_the_lower_bound(widths, acti
     upper = lipschitz.upper_bound(model, (widths[0],))
     assert upper.dtype == torch.float64 and upper.ndim == 0
     assert jacobian_norms(model, x).max() <= upper * (1 + SLACK)
-    lower = lipschitz.lower_bound(model, x, n_steps=10, generator=torch.Generator().manual_seed(seed))
+    lower = lipschitz.lower_bound(model, x, n_iter=10, generator=torch.Generator().manual_seed(seed))
     assert lower <= upper * (1 + SLACK)
     assert lower >= jacobian_norms(model, x).max() * (1 - 1e-9)  # it starts from the Jacobians
 
@@ -127,17 +128,17 @@ def test_conv2d_layer_bound_dominates_its_exact_norm(
     conv = build_conv(c_in, c_out, kernel, padding, mode, stride, dilation, groups, size, seed)
     assume(conv is not None)
     shape = (c_in * groups, size, size)
-    limit = lipschitz._DENSE_CONV_FLOPS
-    lipschitz._DENSE_CONV_FLOPS = limit if unrolled else 0
+    limit = spectral._DENSE_CONV_FLOPS
+    spectral._DENSE_CONV_FLOPS = limit if unrolled else 0
     try:
         (row,) = lipschitz.layer_bounds(conv, shape)
     finally:
-        lipschitz._DENSE_CONV_FLOPS = limit
+        spectral._DENSE_CONV_FLOPS = limit
     truth = module_operator_norm(conv, shape)
-    assert row.bound >= truth * (1 - SLACK)
+    assert row.upper >= truth * (1 - SLACK)
     assert row.input_shape == shape and row.kind == "Conv2d"
     if unrolled:  # small enough for Gram on the unrolled operator: within tol of the norm
-        assert row.bound <= truth * (1 + 1e-3) + SLACK
+        assert row.upper <= truth * (1 + 1e-3) + SLACK
 
 
 @settings(max_examples=30, deadline=None)
@@ -160,7 +161,7 @@ def test_conv2d_layer_bound_meets_the_dense_oracle(c_in, c_out, k, size, stride,
     zero.weight.data.copy_(kernel)
     truth = torch.linalg.matrix_norm(spectral.conv_operator_matrix(kernel, size, padding=p, stride=stride), 2).item()
     (row,) = lipschitz.layer_bounds(zero, (c_in, size, size))
-    assert truth * (1 - SLACK) <= row.bound <= truth * (1 + 1e-3) + SLACK
+    assert truth * (1 - SLACK) <= row.upper <= truth * (1 + 1e-3) + SLACK
 
     size = size - size % stride
     circular = nn.Conv2d(c_in, c_out, k, padding=k // 2, stride=stride, padding_mode="circular").double()
@@ -169,7 +170,7 @@ def test_conv2d_layer_bound_meets_the_dense_oracle(c_in, c_out, k, size, stride,
     truth = torch.linalg.matrix_norm(matrix, 2).item()
     assert truth == pytest.approx(module_operator_norm(circular, (c_in, size, size)), rel=1e-10)
     (row,) = lipschitz.layer_bounds(circular, (c_in, size, size))
-    assert truth * (1 - SLACK) <= row.bound <= truth * (1 + 1e-3) + SLACK
+    assert truth * (1 - SLACK) <= row.upper <= truth * (1 + 1e-3) + SLACK
 
 
 @settings(max_examples=30, deadline=None)
@@ -210,11 +211,11 @@ def test_cnn_upper_bound_dominates_the_jacobian(conv, batchnorm, pool, activatio
     x = torch.randn(12, *shape, generator=generator, dtype=torch.float64)
     upper = lipschitz.upper_bound(model, shape)
     assert jacobian_norms(model, x).max() <= upper * (1 + SLACK)
-    lower = lipschitz.lower_bound(model, x, n_steps=5, generator=generator)
+    lower = lipschitz.lower_bound(model, x, n_iter=5, generator=generator)
     assert lower <= upper * (1 + SLACK)
     rows = lipschitz.layer_bounds(model, shape)
     assert [r.name for r in rows][-2:] == ["1.0", "1.1"]
-    assert sum(math.log(r.bound) for r in rows) == pytest.approx(math.log(upper.item()), rel=1e-12, abs=1e-12)
+    assert sum(math.log(r.upper) for r in rows) == pytest.approx(math.log(upper.item()), rel=1e-12, abs=1e-12)
 
 
 # ----------------------------------------------------------------------------- single layers
@@ -234,15 +235,15 @@ def test_cnn_upper_bound_dominates_the_jacobian(conv, batchnorm, pool, activatio
 def test_maxpool_bound_is_the_window_count_and_is_attained(pool):
     shape = (2, 7, 8)
     (row,) = lipschitz.layer_bounds(pool, shape)
-    (kh, kw), (sh, sw) = lipschitz._pair(pool.kernel_size), lipschitz._pair(pool.stride)
+    (kh, kw), (sh, sw) = check_pair(pool.kernel_size, "kernel_size"), check_pair(pool.stride, "stride")
     if pool.dilation == 1:
-        assert row.bound <= math.sqrt(math.ceil(kh / sh) * math.ceil(kw / sw)) + SLACK
-    reports = lipschitz.report(nn.Sequential(pool), torch.randn(4, *shape), shape, n_steps=20)
-    assert reports.layers[0].lower == pytest.approx(row.bound, rel=1e-12)  # a one-pixel bump attains it
-    assert reports.lower <= row.bound * (1 + 1e-9)
+        assert row.upper <= math.sqrt(math.ceil(kh / sh) * math.ceil(kw / sw)) + SLACK
+    reports = lipschitz.report(nn.Sequential(pool), torch.randn(4, *shape), shape, n_iter=20)
+    assert reports.layers[0].lower == pytest.approx(row.upper, rel=1e-12)  # a one-pixel bump attains it
+    assert reports.lower <= row.upper * (1 + 1e-9)
     torch.manual_seed(0)
     x = torch.randn(64, *shape, dtype=torch.float64)
-    assert jacobian_norms(pool, x[:8]).max() <= row.bound * (1 + SLACK)
+    assert jacobian_norms(pool, x[:8]).max() <= row.upper * (1 + SLACK)
 
 
 @pytest.mark.parametrize(
@@ -262,11 +263,11 @@ def test_avgpool_bound_against_its_exact_norm(pool, tight):
     shape = (3, 7, 8)
     (row,) = lipschitz.layer_bounds(pool, shape)
     truth = module_operator_norm(pool, shape)
-    assert row.bound >= truth * (1 - SLACK)
+    assert row.upper >= truth * (1 - SLACK)
     if tight:
-        assert row.bound <= truth * (1 + 1e-3)
+        assert row.upper <= truth * (1 + 1e-3)
     else:
-        assert row.bound <= 1.5 * truth  # the Schur test is close for averaging matrices
+        assert row.upper <= 1.5 * truth  # the Schur test is close for averaging matrices
 
 
 def test_batchnorm_in_eval_is_its_largest_channel_slope():
@@ -281,8 +282,8 @@ def test_batchnorm_in_eval_is_its_largest_channel_slope():
         bn.eval()
         (row,) = lipschitz.layer_bounds(bn, shape)
         slope = (bn.weight if bn.affine else 1) / torch.sqrt(bn.running_var + bn.eps)
-        assert row.bound == pytest.approx(slope.abs().max().item(), rel=1e-14)
-        assert row.bound == pytest.approx(module_operator_norm(bn, shape), rel=1e-10)
+        assert row.upper == pytest.approx(slope.abs().max().item(), rel=1e-14)
+        assert row.upper == pytest.approx(module_operator_norm(bn, shape), rel=1e-10)
 
 
 def test_single_linear_lower_and_upper_meet():
@@ -335,14 +336,14 @@ def test_activation_constants_are_the_sup_of_the_derivative():
 
 def test_report_rows_and_log_sum():
     torch.manual_seed(3)
-    model = models.cnn(1, 4, image_size=8, channels=(4, 6), hidden=10).eval()
+    model = models.cnn(1, 4, input_size=8, channels=(4, 6), hidden=10).eval()
     x = torch.randn(6, 1, 8, 8)
     rows = lipschitz.layer_bounds(model, (1, 8, 8))
     upper = lipschitz.upper_bound(model, (1, 8, 8))
     assert [r.name for r in rows] == [name for name, m in model.named_modules() if name]
     assert [r.kind for r in rows][:3] == ["Conv2d", "ReLU", "MaxPool2d"]
-    assert sum(math.log(r.bound) for r in rows) == pytest.approx(math.log(upper.item()), rel=1e-12)
-    result = lipschitz.report(model, x, (1, 8, 8), n_steps=20, generator=torch.Generator().manual_seed(0))
+    assert sum(math.log(r.upper) for r in rows) == pytest.approx(math.log(upper.item()), rel=1e-12)
+    result = lipschitz.report(model, x, (1, 8, 8), n_iter=20, generator=torch.Generator().manual_seed(0))
     assert result.upper == pytest.approx(upper.item(), rel=1e-12)
     assert 0 < result.lower <= result.upper and result.ratio == pytest.approx(result.upper / result.lower)
     for row in result.layers:
@@ -397,8 +398,8 @@ class Unknown(nn.Module):
 def test_declared_lipschitz_constant_protocol():
     model = nn.Sequential(nn.Linear(4, 4), GroupSort(2), Doubler())
     rows = lipschitz.layer_bounds(model, (4,))
-    assert [r.bound for r in rows[1:]] == [1.0, 2.0] and rows[2].method.startswith("declared")
-    result = lipschitz.report(model, torch.randn(3, 4), (4,), n_steps=0)
+    assert [r.upper for r in rows[1:]] == [1.0, 2.0] and rows[2].method.startswith("declared")
+    result = lipschitz.report(model, torch.randn(3, 4), (4,), n_iter=0)
     assert result.layers[1].lower == pytest.approx(1.0) and result.layers[2].lower == pytest.approx(2.0)
     tensor_constant = Unknown()
     tensor_constant.lipschitz_constant = torch.tensor(0.5)
@@ -463,8 +464,8 @@ def test_lower_bound_restores_modes_and_is_seeded():
     model[1].eval()
     modes = [m.training for m in model.modules()]
     x = torch.randn(10, 5, generator=torch.Generator().manual_seed(0))
-    a = lipschitz.lower_bound(model, x, n_steps=15, generator=torch.Generator().manual_seed(4))
-    b = lipschitz.lower_bound(model, x, n_steps=15, generator=torch.Generator().manual_seed(4))
+    a = lipschitz.lower_bound(model, x, n_iter=15, generator=torch.Generator().manual_seed(4))
+    b = lipschitz.lower_bound(model, x, n_iter=15, generator=torch.Generator().manual_seed(4))
     assert [m.training for m in model.modules()] == modes
     assert a.item() == b.item() and a.dtype == torch.float64 and a.ndim == 0
     model.eval()
@@ -477,8 +478,8 @@ def test_gradient_ascent_improves_on_the_jacobian_at_the_data():
     with torch.no_grad():
         model[0].bias.add_(3.0)  # the data sit where tanh saturates
     x = torch.full((4, 2), 3.0, dtype=torch.float64) + 0.1 * torch.randn(4, 2, dtype=torch.float64)
-    jac = lipschitz.lower_bound(model, x, n_steps=0)
-    ascent = lipschitz.lower_bound(model, x, n_steps=100, step_size=0.1, generator=torch.Generator().manual_seed(0))
+    jac = lipschitz.lower_bound(model, x, n_iter=0)
+    ascent = lipschitz.lower_bound(model, x, n_iter=100, step_size=0.1, generator=torch.Generator().manual_seed(0))
     assert ascent > jac
     assert ascent <= lipschitz.upper_bound(model, (2,)) * (1 + SLACK)
 
@@ -486,11 +487,11 @@ def test_gradient_ascent_improves_on_the_jacobian_at_the_data():
 def test_float32_model_and_package_builders():
     torch.manual_seed(6)
     for model, shape in [(models.mlp((1, 4, 4), 3, hidden=(8,), activation="gelu"), (1, 4, 4)),
-                         (models.cnn(2, 3, image_size=6, channels=(3,), hidden=5, pool="avg"), (2, 6, 6))]:  # fmt: skip
+                         (models.cnn(2, 3, input_size=6, channels=(3,), hidden=5, pool="avg"), (2, 6, 6))]:  # fmt: skip
         model.eval()
         x = torch.randn(8, *shape)
         upper = lipschitz.upper_bound(model, shape)
-        lower = lipschitz.lower_bound(model, x, n_steps=10, generator=torch.Generator().manual_seed(0))
+        lower = lipschitz.lower_bound(model, x, n_iter=10, generator=torch.Generator().manual_seed(0))
         assert 0 < lower <= upper * (1 + 1e-6)
         assert jacobian_norms(model.double(), x.double()).max() <= upper * (1 + SLACK)
 
@@ -499,9 +500,9 @@ def test_power_iteration_path_matches_the_exact_jacobians(monkeypatch):
     torch.manual_seed(7)
     model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.GELU(), nn.Flatten(), nn.Linear(48, 4)).double()
     x = torch.randn(5, 2, 4, 4, dtype=torch.float64)
-    exact = lipschitz.lower_bound(model, x, n_steps=0)
+    exact = lipschitz.lower_bound(model, x, n_iter=0)
     monkeypatch.setattr(lipschitz, "_JACOBIAN_ENTRIES", 0)
-    power = lipschitz.lower_bound(model, x, n_steps=0, generator=torch.Generator().manual_seed(0))
+    power = lipschitz.lower_bound(model, x, n_iter=0, generator=torch.Generator().manual_seed(0))
     assert exact == pytest.approx(jacobian_norms(model, x).max().item(), rel=1e-10)
     assert power <= exact * (1 + 1e-10) and power >= exact * (1 - 1e-3)
 

@@ -131,7 +131,7 @@ def _grad_modes():
 @pytest.mark.parametrize(
     "build",
     [
-        lambda: models.cnn(1, 3, image_size=8, channels=(2, 3), hidden=6, pool="avg"),
+        lambda: models.cnn(1, 3, input_size=8, channels=(2, 3), hidden=6, pool="avg"),
         lambda: nn.Sequential(nn.Conv2d(1, 2, 3), nn.AdaptiveAvgPool2d(3), nn.Flatten(), nn.Linear(18, 2)),
         lambda: nn.Sequential(nn.Flatten(), nn.Linear(64, 5), nn.SiLU(), nn.Linear(5, 5), nn.Mish(),
                               nn.Linear(5, 5), nn.GELU(approximate="tanh"), nn.Linear(5, 2)),
@@ -147,9 +147,9 @@ def test_bounds_work_under_no_grad_and_inference_mode(build, mode):
         bound = lipschitz.upper_bound(model, shape).item()
         rows = lipschitz.layer_bounds(model, shape)
         x = torch.randn(4, *shape)
-        lower = lipschitz.lower_bound(model, x, n_steps=3).item()
-        table = lipschitz.report(model, x, shape, n_steps=2)
-    assert math.isclose(math.prod(row.bound for row in rows), bound)
+        lower = lipschitz.lower_bound(model, x, n_iter=3).item()
+        table = lipschitz.report(model, x, shape, n_iter=2)
+    assert math.isclose(math.prod(row.upper for row in rows), bound)
     measured = measured_lipschitz(model, shape)
     assert bound >= measured * (1 - 1e-9)
     assert 0 < lower <= bound * (1 + 1e-9)
@@ -161,7 +161,7 @@ def test_bounds_work_under_no_grad_and_inference_mode(build, mode):
 @pytest.mark.parametrize("mode", _grad_modes(), ids=["no_grad", "inference_mode"])
 def test_certified_radii_with_computed_constant_on_avg_pool_cnn(mode):
     torch.manual_seed(6)
-    model = models.cnn(1, 3, image_size=8, channels=(2,), hidden=6, pool="avg").eval()
+    model = models.cnn(1, 3, input_size=8, channels=(2,), hidden=6, pool="avg").eval()
     x, y = torch.randn(10, 1, 8, 8), torch.randint(0, 3, (10,))
     with mode():
         radii = certify.certified_radii(model, (x, y))
@@ -403,8 +403,8 @@ def test_bounds_do_not_mutate_the_model(build, seen, other):
     state = {key: value.clone() for key, value in model.state_dict().items()}
     lipschitz.upper_bound(model, other)
     lipschitz.layer_bounds(model, other)
-    lipschitz.lower_bound(model, torch.randn(2, *other, dtype=F64), n_steps=2)
-    lipschitz.report(model, torch.randn(2, *other, dtype=F64), other, n_steps=1)
+    lipschitz.lower_bound(model, torch.randn(2, *other, dtype=F64), n_iter=2)
+    lipschitz.report(model, torch.randn(2, *other, dtype=F64), other, n_iter=1)
     after = {key: value for key, value in vars(model[0]).items() if key not in ("_cache",)}
     assert before.keys() == after.keys()
     for key in before:

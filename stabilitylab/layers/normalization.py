@@ -23,7 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from stabilitylab.layers.dense import _check_int, _linear_with
+from stabilitylab._checks import check_int, check_tol
+from stabilitylab.layers.dense import _linear_with
+from stabilitylab.lipschitz import pairwise_row_distances
 from stabilitylab.spectral import gram_iteration
 
 __all__ = ["LLNLinear"]
@@ -59,10 +61,9 @@ class LLNLinear(nn.Linear):
         device=None,
         dtype=None,
     ) -> None:
-        _check_int(in_features, "in_features", 1)
-        _check_int(out_features, "out_features", 1)
-        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 < tol < 1:
-            raise ValueError(f"tol must be a number in (0, 1), got {tol!r}")
+        check_int(in_features, "in_features", 1)
+        check_int(out_features, "out_features", 1)
+        tol = check_tol(tol)
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.tol = float(tol)
         if self.bias is not None:
@@ -90,9 +91,9 @@ class LLNLinear(nn.Linear):
 
     def pairwise_lipschitz(self) -> Tensor:
         """``(C, C)``: :math:`\\|W_{i,:} - W_{j,:}\\|_2`, the Lipschitz constants of the logit
-        differences per unit of the features' constant (at most 2; 0 on the diagonal)."""
-        W = self.normalized_weight()
-        return torch.linalg.vector_norm(W[:, None, :] - W[None, :, :], dim=-1)
+        differences per unit of the features' constant (at most 2; 0 on the diagonal), in the
+        weight's dtype and differentiable (:func:`stabilitylab.lipschitz.pairwise_row_distances`)."""
+        return pairwise_row_distances(self.normalized_weight())
 
     @torch.no_grad()
     def export_module(self) -> nn.Linear:
