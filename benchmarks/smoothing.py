@@ -108,8 +108,8 @@ def main() -> None:
     n0, n, rounds = (20, 500, 2) if args.quick else (100, 10_000, 7)
     cases = [
         ("MLP 64-256-256-10", models.mlp(64, 10, hidden=(256, 256)), (64,), 1000),
-        ("CNN digits 1x8x8 (16-32 ch)", models.cnn(1, 10, image_size=8, channels=(16, 32), hidden=64), (1, 8, 8), 1000),
-        ("CNN CIFAR 3x32x32 (32-64 ch)", models.cnn(3, 10, image_size=32, channels=(32, 64), hidden=128), (3, 32, 32), 500),
+        ("CNN digits 1x8x8 (16-32 ch)", models.cnn(1, 10, input_size=8, channels=(16, 32), hidden=64), (1, 8, 8), 1000),
+        ("CNN CIFAR 3x32x32 (32-64 ch)", models.cnn(3, 10, input_size=32, channels=(32, 64), hidden=128), (3, 32, 32), 500),
     ]
     rows = []
     for name, base, shape, batch_size in cases:

@@ -18,13 +18,16 @@ Conventions shared by every function
 ``model``
     An :class:`torch.nn.Module` (or any callable) mapping a batch
     ``(N, *shape)`` to logits ``(N, C)``.  The attacks never change the
-    model's mode: call ``model.eval()`` first if the model has dropout or
-    batch normalisation.  Gradients are taken with :func:`torch.autograd.grad`
+    model's mode (nor any submodule's): call ``model.eval()`` first if the
+    model has dropout or batch normalisation.  Gradients are taken with :func:`torch.autograd.grad`
     with respect to the input only, so the parameters' ``.grad`` fields are
     left untouched.
 ``x``
-    Floating-point tensor ``(N, *shape)``; the attacks run on ``x.device``
-    and in ``x.dtype``.
+    Floating-point tensor ``(N, *shape)``.  The attacks run on the model's
+    device (the device of its first parameter or buffer; ``x.device`` for a
+    callable without parameters) and in ``x.dtype``: ``x``, ``y`` and tensor
+    ``bounds`` are moved there, and the returned tensors live there too.
+    The model is never moved.
 ``y``
     Integer tensor ``(N,)`` of labels (target labels for a targeted PGD).
 ``eps``
@@ -49,15 +52,32 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from stabilitylab._checks import check_generator as _check_generator
+from stabilitylab._checks import check_progress as _check_progress
+from stabilitylab._deprecation import renamed_kwargs
+from stabilitylab._devices import to_model_device
 
-__all__ = ["fgsm", "pgd", "minimal_adversarial_distance", "robust_accuracy"]
+__all__ = ["fgsm", "pgd", "minimal_adversarial_distance", "robust_accuracy", "AdversarialDistance"]
+
+
+class AdversarialDistance(NamedTuple):
+    """What :func:`minimal_adversarial_distance` returns with ``return_examples=True``.
+
+    Attributes:
+        distance: ``(N,)``, the distance to the closest adversarial example found (an upper
+            bound of the true distance; 0 where already misclassified, inf where none was found).
+        examples: ``(N, *shape)``, those adversarial examples (``x[i]`` where the distance is 0
+            or inf).
+    """
+
+    distance: Tensor
+    examples: Tensor
 
 _NORMS = ("linf", "l2")
 # Relative tolerance with which an ``x`` slightly outside ``bounds`` is accepted
@@ -70,7 +90,31 @@ _BOUNDS_RTOL = 1e-6
 # ---------------------------------------------------------------------------
 
 
-def _check_x(x) -> Tensor:
+def _check_model(model) -> None:
+    if not callable(model):
+        raise TypeError(f"model must be a callable (an nn.Module) mapping inputs to logits, got {type(model).__name__}")
+
+
+def _check_flag(value, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+    return value
+
+
+def _check_loss_fn(loss_fn) -> None:
+    if loss_fn is not None and not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable(logits, y) or None, got {type(loss_fn).__name__}")
+
+
+def _check_x(x, model=None) -> Tensor:
+    """Validate ``x`` and move it to the model's device (see the module docstring)."""
+    x = _check_x_values(x)
+    if model is not None:
+        (x,) = to_model_device(model, x)
+    return x
+
+
+def _check_x_values(x) -> Tensor:
     if not isinstance(x, Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
@@ -383,7 +427,7 @@ def _pgd_core(
     y: Tensor,
     eps64: Tensor,
     norm: str,
-    n_steps: int,
+    n_iter: int,
     step_size: float | None,
     lo: Tensor | None,
     hi: Tensor | None,
@@ -400,7 +444,7 @@ def _pgd_core(
     """
     eps_x = _round_down(eps64, x.dtype)
     if step_size is None:
-        alpha = _col(eps_x * (2.5 / n_steps), x)
+        alpha = _col(eps_x * (2.5 / n_iter), x)
     else:
         alpha = torch.as_tensor(step_size, dtype=x.dtype, device=x.device)
     sign = -1.0 if targeted else 1.0
@@ -412,7 +456,7 @@ def _pgd_core(
 
     found = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     x_best = x_adv.clone()
-    for t in range(n_steps):
+    for t in range(n_iter):
         logits, grad = _input_grad(model, x_adv, y, loss_fn, check_labels=t == 0)
         adv = _is_adversarial(logits, y, targeted)
         new = adv & ~found
@@ -484,7 +528,7 @@ def fgsm(
             per-example gradients do not depend on the batch size.
 
     Returns:
-        Tensor ``(N, *shape)``, same dtype and device as ``x``, detached.
+        Tensor ``(N, *shape)``, in ``x.dtype`` on the model's device, detached.
 
     Raises:
         TypeError: ``x`` or ``y`` is not a tensor (or has a wrong dtype).
@@ -492,10 +536,12 @@ def fgsm(
             sizes, non-finite ``x``, ``x`` outside ``bounds``, or model output
             not of shape ``(N, C)``.
     """
-    x = _check_x(x)
+    _check_model(model)
+    x = _check_x(x, model)
     y = _check_y(y, x)
     eps = _check_real(eps, "eps")
     norm = _check_norm(norm)
+    _check_loss_fn(loss_fn)
     lo, hi, x = _check_bounds(bounds, x)
     if eps == 0.0 or x.shape[0] == 0:
         return x.clone()
@@ -507,6 +553,7 @@ def fgsm(
     return _project(x_adv, x, eps64, eps_x, norm, lo, hi)
 
 
+@renamed_kwargs(n_steps="n_iter")
 def pgd(
     model: Callable[[Tensor], Tensor],
     x: Tensor,
@@ -514,7 +561,7 @@ def pgd(
     eps: float,
     *,
     norm: str = "linf",
-    n_steps: int = 20,
+    n_iter: int = 20,
     step_size: float | None = None,
     bounds=None,
     random_start: bool = True,
@@ -524,7 +571,7 @@ def pgd(
 ) -> Tensor:
     r"""Projected gradient descent attack [madry2018towards].
 
-    Iterates, for :math:`t = 0, \dots, T-1` (:math:`T` = ``n_steps``),
+    Iterates, for :math:`t = 0, \dots, T-1` (:math:`T` = ``n_iter``),
 
     .. math::
 
@@ -566,7 +613,7 @@ def pgd(
         y: integer tensor ``(N,)``: true labels, or target labels if ``targeted``.
         eps: radius :math:`\varepsilon \ge 0` (``0`` returns a copy of ``x``).
         norm: ``"linf"`` or ``"l2"``.
-        n_steps: number of gradient steps :math:`T \ge 1`.
+        n_iter: number of gradient steps :math:`T \ge 1` (``n_steps`` is a deprecated alias).
         step_size: :math:`\alpha > 0`; default :math:`2.5\,\varepsilon/T`.
         bounds: ``None`` or ``(lo, hi)``; floats or tensors broadcastable to ``x``.
         random_start: start from a uniform sample of the ball instead of ``x``.
@@ -578,30 +625,34 @@ def pgd(
         targeted: minimise the loss towards target labels ``y`` instead.
 
     Returns:
-        Tensor ``(N, *shape)``, same dtype and device as ``x``, detached, with
+        Tensor ``(N, *shape)``, in ``x.dtype`` on the model's device, detached, with
         ``lo <= x_adv <= hi`` and ``||x_adv - x|| <= eps`` exactly (see the
         module docstring).
 
     Raises:
         TypeError: ``x``/``y``/``generator`` of the wrong type.
-        ValueError: bad ``eps``, ``norm``, ``n_steps``, ``step_size`` or
+        ValueError: bad ``eps``, ``norm``, ``n_iter``, ``step_size`` or
             ``bounds``, mismatched batch sizes, non-finite ``x``, ``x``
             outside ``bounds``, or model output not of shape ``(N, C)``.
     """
-    x = _check_x(x)
+    _check_model(model)
+    x = _check_x(x, model)
     y = _check_y(y, x)
     eps = _check_real(eps, "eps")
     norm = _check_norm(norm)
-    n_steps = _check_int(n_steps, "n_steps", 1)
+    n_iter = _check_int(n_iter, "n_iter", 1)
     if step_size is not None:
         step_size = _check_real(step_size, "step_size", positive=True)
     generator = _check_generator(generator)
+    _check_loss_fn(loss_fn)
+    random_start = _check_flag(random_start, "random_start")
+    targeted = _check_flag(targeted, "targeted")
     lo, hi, x = _check_bounds(bounds, x)
     if eps == 0.0 or x.shape[0] == 0:
         return x.clone()
     loss_fn = _default_loss if loss_fn is None else loss_fn
     x_adv, _ = _pgd_core(
-        model, x, y, _eps_vector(eps, x), norm, n_steps, step_size, lo, hi,
+        model, x, y, _eps_vector(eps, x), norm, n_iter, step_size, lo, hi,
         bool(random_start), generator, loss_fn, bool(targeted),
     )
     return x_adv
@@ -615,6 +666,7 @@ def _box_diameter(lo: Tensor, hi: Tensor, x: Tensor, norm: str) -> float:
     return float(per_example.max())
 
 
+@renamed_kwargs(n_steps="n_iter")
 def minimal_adversarial_distance(
     model: Callable[[Tensor], Tensor],
     x: Tensor,
@@ -624,11 +676,11 @@ def minimal_adversarial_distance(
     bounds=None,
     eps_max: float | None = None,
     n_search: int = 12,
-    n_steps: int = 20,
+    n_iter: int = 20,
     generator: torch.Generator | None = None,
     random_start: bool = True,
     return_examples: bool = False,
-) -> Tensor | tuple[Tensor, Tensor]:
+) -> Tensor | AdversarialDistance:
     r"""Upper bound on the distance to the closest adversarial example.
 
     Estimates, per example,
@@ -671,30 +723,36 @@ def minimal_adversarial_distance(
             ``||hi - lo||_2`` for l2).  Required when ``bounds`` is ``None``
             or unbounded.
         n_search: number of bisection steps (``>= 0``).
-        n_steps: PGD steps per radius (``>= 1``); step size ``2.5 eps / n_steps``.
+        n_iter: PGD steps per radius (``>= 1``); step size ``2.5 eps / n_iter``
+            (``n_steps`` is a deprecated alias).
         generator: :class:`torch.Generator` for PGD's random starts.
         random_start: add one randomly started PGD run (drawn with
             ``generator``) for the examples not broken from :math:`x`.
-        return_examples: also return the adversarial examples.
+        return_examples: also return the adversarial examples (an
+            :class:`AdversarialDistance`).
 
     Returns:
-        ``dist``: tensor ``(N,)`` in ``x.dtype`` on ``x.device`` (rounded
-        upwards from the float64 distance); with ``return_examples``, the pair
-        ``(dist, x_adv)`` where ``x_adv[i]`` is the closest adversarial
-        example found (``x[i]`` itself where ``dist[i]`` is ``0`` or ``inf``).
+        ``dist``: tensor ``(N,)`` in ``x.dtype`` on the model's device
+        (rounded upwards from the float64 distance); with ``return_examples``,
+        the named pair :class:`AdversarialDistance` ``(distance, examples)``
+        where ``examples[i]`` is the closest adversarial example found
+        (``x[i]`` itself where ``distance[i]`` is ``0`` or ``inf``).
 
     Raises:
         TypeError: ``x``/``y``/``generator`` of the wrong type.
         ValueError: bad ``norm``, ``bounds``, ``eps_max`` (or missing when it
-            has no default), ``n_search`` or ``n_steps``; mismatched batch
+            has no default), ``n_search`` or ``n_iter``; mismatched batch
             sizes, non-finite ``x`` or ``x`` outside ``bounds``.
     """
-    x = _check_x(x)
+    _check_model(model)
+    x = _check_x(x, model)
     y = _check_y(y, x)
     norm = _check_norm(norm)
     n_search = _check_int(n_search, "n_search", 0)
-    n_steps = _check_int(n_steps, "n_steps", 1)
+    n_iter = _check_int(n_iter, "n_iter", 1)
     generator = _check_generator(generator)
+    random_start = _check_flag(random_start, "random_start")
+    return_examples = _check_flag(return_examples, "return_examples")
     lo, hi, x = _check_bounds(bounds, x)
     if eps_max is None:
         diam = _box_diameter(lo, hi, x, norm) if lo is not None else math.inf
@@ -715,7 +773,7 @@ def minimal_adversarial_distance(
     best = x.clone()
     if n == 0:
         out = dist64.to(x.dtype)
-        return (out, best) if return_examples else out
+        return AdversarialDistance(out, best) if return_examples else out
 
     with torch.no_grad():
         logits = model(x)
@@ -726,14 +784,14 @@ def minimal_adversarial_distance(
     def attack(idx: Tensor, eps_vec: Tensor) -> tuple[Tensor, Tensor]:
         lo_i, hi_i = _slice_bound(lo, x, idx), _slice_bound(hi, x, idx)
         xa, ok = _pgd_core(
-            model, x[idx], y[idx], eps_vec, norm, n_steps, None, lo_i, hi_i,
+            model, x[idx], y[idx], eps_vec, norm, n_iter, None, lo_i, hi_i,
             False, None, _default_loss, False,
         )
         if random_start and not bool(ok.all()):
             # one random restart for the examples the start at x did not break
             r = (~ok).nonzero().flatten()
             xr, okr = _pgd_core(
-                model, x[idx[r]], y[idx[r]], eps_vec[r], norm, n_steps, None,
+                model, x[idx[r]], y[idx[r]], eps_vec[r], norm, n_iter, None,
                 _slice_bound(lo_i, x[idx], r), _slice_bound(hi_i, x[idx], r),
                 True, generator, _default_loss, False,
             )
@@ -768,7 +826,7 @@ def minimal_adversarial_distance(
     if cd != x.dtype:
         low = dist.to(cd) < dist64
         dist = torch.where(low, torch.nextafter(dist, torch.full_like(dist, math.inf)), dist)
-    return (dist, best) if return_examples else dist
+    return AdversarialDistance(dist, best) if return_examples else dist
 
 
 def robust_accuracy(
@@ -782,7 +840,7 @@ def robust_accuracy(
     bounds=None,
     batch_size: int = 256,
     generator: torch.Generator | None = None,
-    progress: bool = False,
+    progress: bool | None = False,
     **attack_kwargs,
 ) -> float:
     r"""Empirical robust accuracy under an attack.
@@ -801,7 +859,8 @@ def robust_accuracy(
 
     Args:
         model: callable mapping ``(N, *shape)`` to logits ``(N, C)``; call
-            ``model.eval()`` first (the mode is not changed here).
+            ``model.eval()`` first (the mode is not changed here). The
+            attacks run on its device (see the module docstring).
         x: inputs, floating tensor ``(N, *shape)``, ``N >= 1``.
         y: labels, integer tensor ``(N,)``.
         eps: radius :math:`\varepsilon \ge 0`.
@@ -814,8 +873,9 @@ def robust_accuracy(
             ``x`` (a leading batch dimension is sliced with the batches).
         batch_size: examples per attack call (``>= 1``).
         generator: :class:`torch.Generator` for PGD's random start.
-        progress: show a tqdm progress bar over the batches.
-        **attack_kwargs: forwarded to the attack (e.g. ``n_steps``,
+        progress: show a tqdm progress bar over the batches (None: unless the
+            environment variable ``TQDM_DISABLE`` is set).
+        **attack_kwargs: forwarded to the attack (e.g. ``n_iter``,
             ``step_size``, ``random_start``, ``loss_fn``).
 
     Returns:
@@ -827,12 +887,14 @@ def robust_accuracy(
             ``bounds``, empty or mismatched ``x``/``y``, non-finite ``x``,
             ``x`` outside ``bounds``, or ``targeted=True`` in ``attack_kwargs``.
     """
-    x = _check_x(x)
+    _check_model(model)
+    x = _check_x(x, model)
     y = _check_y(y, x)
     eps = _check_real(eps, "eps")
     norm = _check_norm(norm)
     batch_size = _check_int(batch_size, "batch_size", 1)
     generator = _check_generator(generator)
+    progress = _check_progress(progress)
     lo, hi, x = _check_bounds(bounds, x)
     if x.shape[0] == 0:
         raise ValueError("x must contain at least one example, got x.shape[0]=0")

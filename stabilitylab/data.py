@@ -15,6 +15,8 @@ particular ``input_range``, the box ``[low, high]`` every input coordinate lies 
 
 from __future__ import annotations
 
+import hashlib
+import io
 import numbers
 import os
 import pickle
@@ -28,6 +30,7 @@ from torch.utils.data import TensorDataset
 
 __all__ = [
     "ArrayDataset",
+    "ChecksumError",
     "DatasetNotAvailableError",
     "available_datasets",
     "load_dataset",
@@ -90,12 +93,23 @@ class ArrayDataset(TensorDataset):
             raise ValueError(
                 f"labels must have shape ({inputs.shape[0]},), got {tuple(labels.shape)}"
             )
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a str, got {type(name).__name__}")
+        if isinstance(classes, (str, bytes)) or not isinstance(classes, Sequence) or not classes:
+            raise ValueError(f"classes must be a non-empty sequence of class names, got {classes!r}")
         classes = [str(c) for c in classes]
         if labels.numel() and (labels.min() < 0 or labels.max() >= len(classes)):
             raise ValueError(f"labels must lie in [0, {len(classes)}) for {len(classes)} classes")
+        if (
+            not isinstance(input_range, (Sequence, np.ndarray))
+            or isinstance(input_range, str)
+            or len(input_range) != 2
+            or not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in input_range)
+        ):
+            raise ValueError(f"input_range must be a pair of numbers (low, high), got {input_range!r}")
         low, high = float(input_range[0]), float(input_range[1])
-        if not low < high:
-            raise ValueError(f"input_range must satisfy low < high, got {input_range}")
+        if not (np.isfinite(low) and np.isfinite(high) and low < high):
+            raise ValueError(f"input_range must satisfy low < high (finite), got {input_range}")
         super().__init__(inputs, labels)
         self.name = name
         self.classes = classes
@@ -385,24 +399,76 @@ _CIFAR_FILES = {
 }
 
 
-def _read_cifar(name: str, split: str, root: Path, n_samples: int | None) -> ArrayDataset | None:
-    """Read CIFAR's python batches (the layout torchvision downloads to) when they are all on disk.
+#: The official archives (file name, published MD5 sum), as torchvision's CIFAR readers list them.
+_CIFAR_ARCHIVES = {
+    "cifar10": ("cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a"),
+    "cifar100": ("cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85"),
+}
 
-    torchvision's own reader also compares each file with the md5 sum of the official archive;
-    this one reads what is there, so a set rebuilt or shrunk by the user loads too."""
+
+class ChecksumError(DatasetNotAvailableError):
+    """An official archive on disk does not have its published checksum (a truncated or altered file)."""
+
+
+def _md5(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _verify_archive(name: str, path: Path) -> None:
+    """Raise :class:`ChecksumError` unless ``path`` has the published MD5 sum of ``name``'s archive."""
+    file_name, expected = _CIFAR_ARCHIVES[name]
+    actual = _md5(path)
+    if actual != expected:
+        raise ChecksumError(
+            f"{str(path)!r} is not the official {file_name}: its MD5 sum is {actual}, the published one is "
+            f"{expected}. The file is truncated or altered; delete it and download it again "
+            f"(load_dataset({name!r}, download=True))."
+        )
+
+
+def _unpickle(f) -> dict:
+    entry = pickle.load(f, encoding="latin1")
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
+
+
+def _read_cifar(name: str, split: str, root: Path, n_samples: int | None) -> ArrayDataset | None:
+    """Read CIFAR's python batches from disk: the extracted folder (the layout torchvision
+    downloads to) when all its files are there, else the official archive (``*.tar.gz``) in
+    ``root`` after checking its published MD5 sum; None when neither is there.
+
+    Extracted batches are read as they are (no checksum), so that a set rebuilt or shrunk by the
+    user loads too; an official archive is verified first (:class:`ChecksumError` on a mismatch).
+    """
     folder_name, meta_name, names_key, labels_key, files = _CIFAR_FILES[name]
     folder = root / folder_name
     paths = [folder / meta_name, *(folder / f for f in files[split])]
-    if not all(p.is_file() for p in paths):
-        return None
-
-    def unpickle(path: Path) -> dict:
-        with open(path, "rb") as f:
-            entry = pickle.load(f, encoding="latin1")
-        return {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
-
-    classes = list(unpickle(paths[0])[names_key])
-    batches = [unpickle(p) for p in paths[1:]]
+    if all(p.is_file() for p in paths):
+        entries = []
+        for path in paths:
+            with open(path, "rb") as f:
+                entries.append(_unpickle(f))
+    else:
+        archive = root / _CIFAR_ARCHIVES[name][0]
+        if not archive.is_file():
+            return None
+        _verify_archive(name, archive)
+        members = [f"{folder_name}/{meta_name}", *(f"{folder_name}/{f}" for f in files[split])]
+        entries = []
+        with tarfile.open(archive, "r:gz") as tar:
+            for member in members:
+                try:
+                    handle = tar.extractfile(member)
+                except KeyError:
+                    handle = None
+                if handle is None:
+                    raise ChecksumError(f"{str(archive)!r} has the published checksum but no file {member!r}")
+                entries.append(_unpickle(io.BytesIO(handle.read())))
+    classes = list(entries[0][names_key])
+    batches = entries[1:]
     data = np.concatenate([np.asarray(b["data"], dtype=np.uint8).reshape(-1, 3, 32, 32) for b in batches])
     targets = torch.as_tensor(np.concatenate([np.asarray(b[labels_key]) for b in batches]), dtype=torch.int64)
     n = _take(len(targets), n_samples, name, split)
@@ -458,7 +524,7 @@ def _check_args(name, split, n_samples, seed) -> str:
     key = name.strip().lower()
     key = _ALIASES.get(key, key)
     if key not in available_datasets():
-        raise ValueError(f"unknown data set {name!r}; available: {', '.join(available_datasets())}")
+        raise ValueError(f"name must be a known data set, got {name!r}; available: {', '.join(available_datasets())}")
     if split not in _SPLITS:
         raise ValueError(f"split must be 'train' or 'test', got split={split!r}")
     if n_samples is not None:
@@ -511,8 +577,12 @@ def load_dataset(
     shape ``(N, C, H, W)`` (``(1, 28, 28)`` or ``(3, 32, 32)``), ``input_range=(0, 1)``,
     classes from torchvision. CIFAR's python batches, once on disk in torchvision's layout
     (``cifar-10-batches-py``, ``cifar-100-python``), are read directly, without torchvision
-    and without comparing them with the official archive's checksums. ``n_samples`` takes the
-    first images; ``seed`` is ignored.
+    and without comparing them with the official archive's checksums (so that a rebuilt or
+    shrunk set loads too). When only the official archive (``cifar-10-python.tar.gz``,
+    ``cifar-100-python.tar.gz``) is in ``root``, it is read without extracting it, after its MD5
+    sum has been compared with the published one (:class:`ChecksumError` on a mismatch);
+    torchvision's download checks the archive too. ``n_samples`` takes the first images;
+    ``seed`` is ignored.
 
     Args:
         name: A name from :func:`available_datasets`, case-insensitive
@@ -534,9 +604,14 @@ def load_dataset(
             ``seed < 0``.
         TypeError: ``n_samples`` or ``seed`` not an integer, ``name`` not a string.
         DatasetNotAvailableError: A torchvision set is not on disk and cannot be
-            downloaded, or torchvision is not installed.
+            downloaded, or torchvision is not installed; :class:`ChecksumError` (a subclass)
+            when an official CIFAR archive on disk does not have its published MD5 sum.
     """
     key = _check_args(name, split, n_samples, seed)
+    if root is not None and not isinstance(root, (str, os.PathLike)):
+        raise TypeError(f"root must be a path (str or os.PathLike) or None, got {type(root).__name__}")
+    if not isinstance(download, bool):
+        raise TypeError(f"download must be a bool, got {download!r}")
     if key in _TOYS:
         return _load_toy(key, split, n_samples, int(seed))
     if key == "digits":

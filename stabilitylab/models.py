@@ -1,15 +1,28 @@
 """Small architectures for the chapters: multilayer perceptrons and convolutional networks.
 
 Every builder returns a plain :class:`torch.nn.Sequential`, so that the Lipschitz tools of the
-package can walk it layer by layer.
+package can walk it layer by layer. The models are built on the CPU, in train mode.
+
+Seeds: every builder takes ``generator=`` (a ``torch.Generator``). With a generator, one seed is
+drawn from it and the layers are initialized under a fork of torch's global CPU generator seeded
+with it (:func:`torch.random.fork_rng`), so equal generators give bit-identical parameters and
+the caller's global random state is left as it was. Without one (``None``), the layers draw
+from torch's global generator as usual.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
+import numbers
 from collections.abc import Callable, Sequence
 
+import torch
 from torch import nn
+
+from stabilitylab._checks import check_generator, check_int
+from stabilitylab._deprecation import renamed_kwargs
 
 _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
@@ -43,22 +56,72 @@ def make_activation(spec: str | type[nn.Module] | Callable[[], nn.Module]) -> nn
     if isinstance(spec, str):
         key = spec.lower().replace("-", "_")
         if key not in _ACTIVATIONS:
-            raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {spec!r}")
+            raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got spec={spec!r}")
         return _ACTIVATIONS[key]()
     if callable(spec):
         module = spec()
         if isinstance(module, nn.Module):
             return module
-    raise TypeError(f"activation must be a name or an nn.Module factory, got {spec!r}")
+    raise TypeError(f"activation must be a name or an nn.Module factory, got spec={spec!r}")
 
 
 def _positive_ints(name: str, values: Sequence[int]) -> tuple[int, ...]:
+    if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, torch.Size)):
+        raise TypeError(f"{name} must be a sequence of positive ints, got {values!r}")
     values = tuple(values)
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values):
+    if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1 for v in values):
         raise ValueError(f"{name} must be positive integers, got {values!r}")
-    return values
+    return tuple(int(v) for v in values)
 
 
+def _shape(name: str, value) -> tuple[int, ...]:
+    """An int (a number of features) or a non-empty sequence of positive ints."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        value = (value,)
+    shape = _positive_ints(name, value)
+    if not shape:
+        raise ValueError(f"{name} must be an int or a non-empty shape, got {value!r}")
+    return shape
+
+
+def _size(name: str, value) -> tuple[int, int]:
+    """``(height, width)`` from an int or a pair of positive ints."""
+    size = (value, value) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else value
+    if isinstance(size, (str, bytes)) or not isinstance(size, (Sequence, torch.Size)) or len(size) != 2:
+        raise ValueError(f"{name} must be an int or (height, width), got {value!r}")
+    return _positive_ints(name, size)  # type: ignore[return-value]
+
+
+def _draw_seed(generator: torch.Generator) -> int:
+    return int(torch.randint(0, 2**63 - 1, (), generator=generator, device=generator.device))
+
+
+def _seeded_builder(fn):
+    """Run the builder under a fork of the global CPU generator seeded from ``generator=``."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, generator: torch.Generator | None = None, **kwargs):
+        check_generator(generator)
+        if generator is None:
+            return fn(*args, **kwargs)
+        seed = _draw_seed(generator)
+        with torch.random.fork_rng(devices=[]):
+            torch.random.default_generator.manual_seed(seed)
+            return fn(*args, **kwargs)
+
+    signature = inspect.signature(fn)
+    parameters = list(signature.parameters.values())
+    parameters.append(inspect.Parameter("generator", inspect.Parameter.KEYWORD_ONLY, default=None,
+                                        annotation="torch.Generator | None"))
+    wrapper.__signature__ = signature.replace(parameters=parameters)
+    return wrapper
+
+
+def _check_activation(activation) -> None:
+    make_activation(activation)  # raises ValueError/TypeError naming "activation"
+
+
+@_seeded_builder
 def mlp(
     in_features: int | Sequence[int],
     num_classes: int,
@@ -76,17 +139,18 @@ def mlp(
         hidden: widths of the hidden layers (may be empty: a linear model).
         activation: see :func:`make_activation`.
         bias: whether the linear layers have biases.
+        generator: a ``torch.Generator`` seeding the initialization (see the module docstring);
+            None draws from torch's global generator.
 
     Returns:
         ``nn.Sequential`` mapping ``(N, *input_shape)`` to ``(N, num_classes)``.
     """
-    if isinstance(in_features, int):
-        shape: tuple[int, ...] = (in_features,)
-    else:
-        shape = tuple(in_features)
-    _positive_ints("in_features", shape)
-    _positive_ints("num_classes", (num_classes,))
+    shape = _shape("in_features", in_features)
+    num_classes = check_int(num_classes, "num_classes")
     widths = _positive_ints("hidden", hidden)
+    _check_activation(activation)
+    if not isinstance(bias, bool):
+        raise TypeError(f"bias must be a bool, got {bias!r}")
     layers: list[nn.Module] = [nn.Flatten()]
     previous = math.prod(shape)
     for width in widths:
@@ -96,11 +160,13 @@ def mlp(
     return nn.Sequential(*layers)
 
 
+@renamed_kwargs(image_size="input_size")
+@_seeded_builder
 def cnn(
     in_channels: int,
     num_classes: int,
     *,
-    image_size: int | Sequence[int],
+    input_size: int | Sequence[int],
     channels: Sequence[int] = (16, 32),
     hidden: int = 64,
     kernel_size: int = 3,
@@ -114,28 +180,30 @@ def cnn(
     Args:
         in_channels: input channels (1 for digits/MNIST, 3 for CIFAR and ``shapes``).
         num_classes: the number of logits.
-        image_size: input height and width (an int for square images).
+        input_size: input height and width (an int for square images); ``image_size`` is a
+            deprecated alias.
         channels: output channels of each convolution block.
         hidden: width of the dense hidden layer.
         kernel_size: odd kernel size of the convolutions.
         activation: see :func:`make_activation`.
         pool: "max" or "avg" (2x2, stride 2); "none" keeps the resolution.
+        generator: a ``torch.Generator`` seeding the initialization (see the module docstring);
+            None draws from torch's global generator.
 
     Returns:
         ``nn.Sequential`` mapping ``(N, in_channels, H, W)`` to ``(N, num_classes)``.
     """
-    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-    if len(size) != 2:
-        raise ValueError(f"image_size must be an int or (height, width), got {image_size!r}")
-    _positive_ints("image_size", size)
-    _positive_ints("in_channels", (in_channels,))
-    _positive_ints("num_classes", (num_classes,))
-    _positive_ints("hidden", (hidden,))
+    size = _size("input_size", input_size)
+    in_channels = check_int(in_channels, "in_channels")
+    num_classes = check_int(num_classes, "num_classes")
+    hidden = check_int(hidden, "hidden")
     widths = _positive_ints("channels", channels)
-    if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
+    kernel_size = check_int(kernel_size, "kernel_size")
+    if kernel_size % 2 == 0:
         raise ValueError(f"kernel_size must be a positive odd int, got {kernel_size!r}")
+    _check_activation(activation)
     pools = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d, "none": None}
-    if pool not in pools:
+    if not isinstance(pool, str) or pool not in pools:
         raise ValueError(f"pool must be one of {sorted(pools)}, got {pool!r}")
     layers: list[nn.Module] = []
     previous, (h, w) = in_channels, size
@@ -144,7 +212,7 @@ def cnn(
         layers += [make_activation(activation)]
         if pools[pool] is not None:
             if h < 2 or w < 2:
-                raise ValueError(f"image_size {size} is too small for {len(widths)} pooling blocks")
+                raise ValueError(f"input_size {size} is too small for {len(widths)} pooling blocks")
             layers.append(pools[pool](2))
             h, w = h // 2, w // 2
         previous = width
@@ -188,6 +256,7 @@ def _dense(family: str, in_features: int, out_features: int, *, n_iter: int = 6)
     raise ValueError(f"no dense layer for family {family!r}")  # unreachable after the checks
 
 
+@_seeded_builder
 def lipschitz_mlp(
     in_features: int | Sequence[int],
     num_classes: int,
@@ -234,6 +303,8 @@ def lipschitz_mlp(
             (:class:`~stabilitylab.layers.LLNLinear`, unit rows [singla2022improved]): the
             logit differences are then :math:`\|w_i - w_j\|_2 \le 2`-Lipschitz, and the
             network as a whole :math:`\|W\|_2`-Lipschitz (certify with ``last_layer=True``).
+        generator: a ``torch.Generator`` seeding the initialization (see the module docstring);
+            None draws from torch's global generator.
 
     Returns:
         ``nn.Sequential`` mapping ``(N, *input_shape)`` to ``(N, num_classes)``.
@@ -244,10 +315,10 @@ def lipschitz_mlp(
     """
     from stabilitylab.layers import GroupSort, SLLLinear
 
-    shape = (in_features,) if isinstance(in_features, int) else tuple(in_features)
-    _positive_ints("in_features", shape)
-    _positive_ints("num_classes", (num_classes,))
+    shape = _shape("in_features", in_features)
+    num_classes = check_int(num_classes, "num_classes")
     widths = _positive_ints("hidden", hidden)
+    n_iter = check_int(n_iter, "n_iter")
     layer = _check_choice("layer", layer, LIPSCHITZ_DENSE)
     if head is None:
         head = "aol" if layer == "sll" else layer
@@ -291,11 +362,13 @@ def _conv(family: str, in_channels: int, out_channels: int, kernel_size: int) ->
     raise ValueError(f"no convolution for family {family!r}")  # unreachable after the checks
 
 
+@renamed_kwargs(image_size="input_size")
+@_seeded_builder
 def lipschitz_cnn(
     in_channels: int,
     num_classes: int,
     *,
-    image_size: int | Sequence[int],
+    input_size: int | Sequence[int],
     channels: Sequence[int] = (16, 32),
     layer: str = "aol",
     depth: int = 1,
@@ -332,14 +405,16 @@ def lipschitz_cnn(
     Args:
         in_channels: input channels (1 for digits/MNIST, 3 for CIFAR).
         num_classes: the number of logits.
-        image_size: input height and width (an int for square images), divisible by
-            ``2 ** len(channels)``.
+        input_size: input height and width (an int for square images), divisible by
+            ``2 ** len(channels)``; ``image_size`` is a deprecated alias.
         channels: output channels of the stages (even: MaxMin pairs them).
         layer: the convolution family, one of :data:`LIPSCHITZ_CONV`.
         depth: convolutions per stage (>= 1).
         kernel_size: odd kernel size.
         pool: ``"invertible"`` or ``"avg"``.
         head: one of :data:`LIPSCHITZ_HEADS`.
+        generator: a ``torch.Generator`` seeding the initialization (see the module docstring);
+            None draws from torch's global generator.
 
     Returns:
         ``nn.Sequential`` mapping ``(N, in_channels, H, W)`` to ``(N, num_classes)``.
@@ -350,12 +425,9 @@ def lipschitz_cnn(
     """
     from stabilitylab.layers import InvertibleDownsampling, MaxMin, ScaledAvgPool2d
 
-    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-    if len(size) != 2:
-        raise ValueError(f"image_size must be an int or (height, width), got {image_size!r}")
-    _positive_ints("image_size", size)
-    _positive_ints("in_channels", (in_channels,))
-    _positive_ints("num_classes", (num_classes,))
+    size = _size("input_size", input_size)
+    in_channels = check_int(in_channels, "in_channels")
+    num_classes = check_int(num_classes, "num_classes")
     widths = _positive_ints("channels", channels)
     if not widths or any(width % 2 for width in widths):
         raise ValueError(f"channels must be one or more even ints (MaxMin pairs channels), got {widths}")
@@ -368,11 +440,11 @@ def lipschitz_cnn(
         raise ValueError(f"kernel_size must be a positive odd int, got {kernel_size!r}")
     factor = 2 ** len(widths)
     if size[0] % factor or size[1] % factor:
-        raise ValueError(f"image_size must be divisible by 2 ** len(channels) = {factor}, got {image_size!r}")
+        raise ValueError(f"input_size must be divisible by 2 ** len(channels) = {factor}, got {input_size!r}")
     h, w = size
     if layer in ("cayley", "bro") and (h // 2 ** (len(widths) - 1) < kernel_size or w // 2 ** (len(widths) - 1) < kernel_size):
         raise ValueError(
-            f"image_size {size} is too small for {len(widths)} stages of circular {kernel_size}x{kernel_size} "
+            f"input_size {size} is too small for {len(widths)} stages of circular {kernel_size}x{kernel_size} "
             f"convolutions (layer={layer!r})"
         )
     layers: list[nn.Module] = []

@@ -24,6 +24,12 @@ This module holds
 * data-set level results (:func:`certify_dataset`, :class:`SmoothingResult` with certified
   accuracy curves and the average certified radius);
 * Gaussian data augmentation for training base classifiers (:class:`GaussianNoise`).
+
+Devices and modes: the noise is drawn and the base model evaluated on the base model's device
+(the input's for a base without parameters); inputs are moved there, the base is never moved.
+Counts, frequencies and certificates come back on the CPU (Python numbers for a single input).
+While sampling, the base is in eval mode; afterwards every submodule has its own mode back, also
+when an error is raised.
 """
 
 from __future__ import annotations
@@ -38,8 +44,13 @@ from tqdm.auto import tqdm
 
 from stabilitylab._checks import check_generator as _check_generator
 from stabilitylab._checks import check_int as _check_int
+from stabilitylab._checks import check_positive as _check_positive
+from stabilitylab._checks import check_progress as _check_progress
+from stabilitylab._checks import check_shape as _check_shape
+from stabilitylab._checks import check_tensor as _check_tensor
+from stabilitylab._modes import eval_mode
 from stabilitylab.certify import _eps_list, accuracy_curve
-from stabilitylab.train import batches
+from stabilitylab.train import _check_data, batches
 
 
 
@@ -75,7 +86,7 @@ _MAPS = ("softmax", "sparsemax", "hardmax")
 
 
 def _check_alpha(alpha) -> float:
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:  # NaN fails too
         raise ValueError(f"alpha must be a number in (0, 1), got {alpha!r}")
     return float(alpha)
 
@@ -86,16 +97,16 @@ def _check_sigma(sigma) -> float:
     return float(sigma)
 
 
-def _check_map(kind, temperature) -> tuple[str, float]:
-    if kind not in _MAPS:
-        raise ValueError(f"map must be one of {_MAPS}, got {kind!r}")
+def _check_map(kind, temperature, where: str = "") -> tuple[str, float]:
+    if not isinstance(kind, str) or kind not in _MAPS:
+        raise ValueError(f"{where}kind (the map) must be one of {_MAPS}, got {kind!r}")
     if (
         isinstance(temperature, bool)
         or not isinstance(temperature, (int, float))
         or not math.isfinite(temperature)
         or temperature <= 0
     ):
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+        raise ValueError(f"{where}temperature must be a finite number > 0, got {temperature!r}")
     return kind, float(temperature)
 
 
@@ -143,18 +154,27 @@ def empirical_bernstein_radius(variance: Tensor, n: int, alpha: float, *, value_
     small Lipschitz constant and a large margin buys under noise [delattre2024lipschitz].
 
     Args:
-        variance: sample variances, any shape, each >= 0.
+        variance: sample variances, a floating tensor of any shape, each finite and >= 0.
         n: number of samples, >= 2.
         alpha: failure probability of each bound, in (0, 1).
-        value_range: :math:`b`, the length of the interval holding the variables.
+        value_range: :math:`b > 0`, the length of the interval holding the variables.
 
     Returns:
-        The half-widths, the shape of ``variance``.
+        The half-widths, the shape, dtype and device of ``variance``.
+
+    Raises:
+        TypeError: ``variance`` not a floating tensor (wrap a number: ``torch.tensor(v)``).
+        ValueError: NaN, infinite or negative variances, ``n < 2``, ``alpha`` outside (0, 1),
+            ``value_range <= 0``.
     """
+    _check_tensor(variance, "variance", nonempty=False)
+    if variance.numel() and bool((variance < 0).any()):
+        raise ValueError(f"variance must be >= 0 everywhere, got a minimum of {float(variance.min())}")
     n = _check_int(n, "n", 2)
     alpha = _check_alpha(alpha)
+    value_range = _check_positive(value_range, "value_range")
     log_term = math.log(2 / alpha)
-    return torch.sqrt(2 * variance.clamp_min(0) * log_term / n) + 7 * value_range * log_term / (3 * (n - 1))
+    return torch.sqrt(2 * variance * log_term / n) + 7 * value_range * log_term / (3 * (n - 1))
 
 
 def max_certifiable_radius(sigma: float, n: int, alpha: float) -> float:
@@ -178,7 +198,28 @@ def sparsemax(z: Tensor, dim: int = -1) -> Tensor:
     [martins2016softmax]: :math:`p_i = \max(z_i - \tau, 0)` with the threshold :math:`\tau`
     chosen so that the entries sum to 1. Unlike softmax it returns exact zeros, so a confident
     base classifier gives the same vector under most noise draws: a small variance.
+
+    Args:
+        z: a floating tensor with at least one dimension, finite.
+        dim: the dimension to project along.
+
+    Returns:
+        A tensor of the shape of ``z`` whose slices along ``dim`` lie in the simplex.
     """
+    _check_tensor(z, "z", min_dims=1)
+    _check_dim(dim, z)
+    return _sparsemax(z, dim)
+
+
+def _check_dim(dim, z: Tensor) -> int:
+    if isinstance(dim, bool) or not isinstance(dim, int):
+        raise TypeError(f"dim must be an int, got {dim!r}")
+    if not -z.ndim <= dim < z.ndim:
+        raise ValueError(f"dim must be in [{-z.ndim}, {z.ndim}) for a tensor of shape {tuple(z.shape)}, got {dim}")
+    return dim
+
+
+def _sparsemax(z: Tensor, dim: int = -1) -> Tensor:
     z = z.transpose(dim, -1)
     sorted_z = z.sort(dim=-1, descending=True).values
     k = torch.arange(1, z.shape[-1] + 1, device=z.device, dtype=z.dtype)
@@ -197,12 +238,25 @@ def simplex_map(logits: Tensor, kind: str = "softmax", temperature: float = 1.0)
     (what Cohen et al.'s vote counting averages). A lower temperature pushes every map towards
     the one-hot vote; a higher one lowers the variance under noise but also the margin: the
     variance-margin trade-off of [delattre2024lipschitz].
+
+    Args:
+        logits: a finite floating tensor ``(..., C)``.
+        kind: ``"softmax"``, ``"sparsemax"`` or ``"hardmax"``.
+        temperature: :math:`T > 0`.
+
+    Returns:
+        A tensor of the shape of ``logits`` whose last dimension lies in the simplex.
     """
+    _check_tensor(logits, "logits", min_dims=1)
     kind, temperature = _check_map(kind, temperature)
+    return _simplex_map(logits, kind, temperature)
+
+
+def _simplex_map(logits: Tensor, kind: str, temperature: float) -> Tensor:
     if kind == "hardmax":
         return nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).to(logits.dtype)
     scaled = logits / temperature
-    return scaled.softmax(-1) if kind == "softmax" else sparsemax(scaled)
+    return scaled.softmax(-1) if kind == "softmax" else _sparsemax(scaled)
 
 
 # --------------------------------------------------------------------------- the smoothed classifier
@@ -235,14 +289,20 @@ class Smooth:
             eval mode when sampling.
         num_classes: :math:`C >= 2`.
         sigma: the noise level :math:`\sigma > 0`, in input units.
+        input_shape: the shape of one input (no batch dimension); when given, every single input
+            ``x`` of ``predict``, ``certify``, ``certify_lvm`` and ``sample_counts`` must have
+            exactly this shape. Without it, an ``x`` with a batch dimension is caught when the
+            base model fails on, or returns the wrong shape for, its noisy copies.
     """
 
-    def __init__(self, base: nn.Module, num_classes: int, sigma: float) -> None:
+    def __init__(self, base: nn.Module, num_classes: int, sigma: float, *,
+                 input_shape: tuple[int, ...] | None = None) -> None:
         if not isinstance(base, nn.Module):
             raise TypeError(f"base must be a torch.nn.Module, got {type(base).__name__}")
         self.base = base
         self.num_classes = _check_int(num_classes, "num_classes", 2)
         self.sigma = _check_sigma(sigma)
+        self.input_shape = None if input_shape is None else _check_shape(input_shape, "input_shape")
 
     def __repr__(self) -> str:
         return f"Smooth(base={type(self.base).__name__}, num_classes={self.num_classes}, sigma={self.sigma})"
@@ -254,18 +314,35 @@ class Smooth:
             return p.device, (p.dtype if p.is_floating_point() else x.dtype)
         return x.device, x.dtype
 
+    def _check_input(self, x, batched: bool) -> Tensor:
+        """``x`` as one finite input (a batch ``(N, *input_shape)`` when ``batched``)."""
+        if not isinstance(x, Tensor):
+            what = "a batch of inputs (N, *input_shape)" if batched else "one input, without a batch dimension"
+            raise TypeError(f"x must be a tensor ({what}), got {type(x).__name__}")
+        if x.ndim == 0:
+            raise ValueError(
+                "x must have at least one dimension (one input of shape input_shape, without a batch "
+                "dimension), got a 0-d tensor")
+        if x.numel() and not bool(torch.isfinite(x).all()):
+            raise ValueError("x contains NaN or infinite entries: a smoothed classifier cannot certify them")
+        if self.input_shape is not None:
+            shape = tuple(x.shape[1:]) if batched else tuple(x.shape)
+            if shape != self.input_shape:
+                want = f"(N, {', '.join(map(str, self.input_shape))})" if batched else str(self.input_shape)
+                raise ValueError(
+                    f"x must have shape {want} (input_shape={self.input_shape}"
+                    f"{'' if batched else ', no batch dimension'}), got {tuple(x.shape)}")
+        return x
+
     def _noisy_logits(self, x: Tensor, num: int, batch_size: int, generator, progress: bool = False,
                       batched: bool = False):
         """Yield the base logits ``(b, C)`` of ``num`` noisy copies of ``x``, ``b <= batch_size``
         (with ``batched``, ``x`` is already a batch: one pass over ``x + noise``)."""
-        if not isinstance(x, Tensor):
-            raise TypeError(f"x must be a tensor (one input, without a batch dimension), got {type(x).__name__}")
-        if x.numel() and not bool(torch.isfinite(x).all()):
-            raise ValueError("x contains NaN or infinite entries: a smoothed classifier cannot certify them")
+        x = self._check_input(x, batched)
         device, dtype = self._placement(x)
-        x = x.to(device=device, dtype=dtype)
         if not dtype.is_floating_point:
             raise TypeError(f"the base model's parameters must be floating point to add noise, got {dtype}")
+        x = x.to(device=device, dtype=dtype)
         if x.numel() and not bool(torch.isfinite(x).all()):
             raise ValueError(f"x overflows the base model's dtype {dtype} (largest entry {float(x.abs().max())})")
         if self.sigma * _SIGMA_HEADROOM > torch.finfo(dtype).max:
@@ -276,13 +353,10 @@ class Smooth:
         noise_device = generator.device if generator is not None else device
         shape = tuple(x.shape) if batched else (min(batch_size, num), *x.shape)
         buffer = torch.empty(shape, device=noise_device, dtype=dtype)
-        was_training = self.base.training
-        if was_training:
-            self.base.eval()
-        bar = tqdm(total=num, disable=not progress, desc="noise samples", leave=False)
-        try:
+        what = "the batch x" if batched else "x (one input, without a batch dimension)"
+        with eval_mode(self.base), tqdm(total=num, disable=not progress, desc="noise samples", leave=False) as bar:
             with torch.inference_mode():
-                remaining = num
+                remaining, first = num, True
                 while remaining > 0:
                     b = min(batch_size, remaining)
                     noise = (buffer if batched else buffer[:b]).normal_(0.0, self.sigma, generator=generator)
@@ -293,25 +367,31 @@ class Smooth:
                             f"x + noise is not finite in {dtype} (sigma={self.sigma}, largest |x| "
                             f"{float(x.abs().max())}): the noisy inputs overflow"
                         )
-                    logits = self.base(noisy)
+                    try:
+                        logits = self.base(noisy)
+                    except RuntimeError as error:
+                        if not first:
+                            raise
+                        raise ValueError(
+                            f"the base model failed on noisy copies of {what} of shape {tuple(x.shape)}, "
+                            f"stacked to {tuple(noisy.shape)}: does x have the base's input shape? ({error})"
+                        ) from error
                     rows = len(noise)
-                    if logits.ndim != 2 or logits.shape != (rows, self.num_classes):
+                    if not isinstance(logits, Tensor) or logits.ndim != 2 or logits.shape != (rows, self.num_classes):
+                        got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
                         raise ValueError(
                             f"base must return logits of shape (batch, num_classes={self.num_classes}) for inputs "
-                            f"of shape {tuple(noise.shape)}, got {tuple(logits.shape)}"
+                            f"of shape {tuple(noise.shape)}, got {got}; {what} has shape {tuple(x.shape)}"
                         )
                     if not bool(torch.isfinite(logits).all()):
                         raise ValueError(
                             "base returned NaN or infinite logits on noisy copies of x: no class can be "
                             "certified from them (the arg max of NaN logits is arbitrary)"
                         )
+                    first = False
                     yield logits
                     remaining -= b
                     bar.update(b)
-        finally:
-            bar.close()
-            if was_training:
-                self.base.train()
 
     def sample_counts(
         self, x: Tensor, num: int, batch_size: int, *, generator: torch.Generator | None = None, progress: bool = False
@@ -319,6 +399,7 @@ class Smooth:
         """Votes of the base classifier over ``num`` noisy copies of ``x``: an int64 tensor ``(C,)``."""
         num, batch_size = _check_int(num, "num"), _check_int(batch_size, "batch_size")
         _check_generator(generator)
+        progress = _check_progress(progress)
         counts = None
         for logits in self._noisy_logits(x, num, batch_size, generator, progress):
             votes = torch.bincount(logits.argmax(1), minlength=self.num_classes)
@@ -343,6 +424,7 @@ class Smooth:
         """
         n, batch_size = _check_int(n, "n"), _check_int(batch_size, "batch_size")
         _check_generator(generator)
+        progress = _check_progress(progress)
         if not isinstance(x, Tensor) or x.ndim < 1 or len(x) == 0:
             raise ValueError("x must be a non-empty tensor of inputs (N, *input_shape)")
         if n > batch_size:
@@ -354,7 +436,7 @@ class Smooth:
             chunk = x[start : start + per_pass]
             k = len(chunk)
             repeated = chunk.repeat_interleave(n, dim=0)
-            logits = next(self._noisy_logits(repeated, 1, 1, generator, batched=True))
+            (logits,) = list(self._noisy_logits(repeated, 1, 1, generator, batched=True))
             index = logits.argmax(1) + self.num_classes * torch.arange(k, device=logits.device).repeat_interleave(n)
             rows.append(torch.bincount(index, minlength=k * self.num_classes).reshape(k, self.num_classes).cpu())
         return torch.cat(rows).double() / n
@@ -421,6 +503,8 @@ class Smooth:
         """
         n0, n = _check_int(n0, "n0"), _check_int(n, "n")
         alpha, batch_size = _check_alpha(alpha), _check_int(batch_size, "batch_size")
+        _check_generator(generator)
+        progress = _check_progress(progress)
         c_hat = int(self.sample_counts(x, n0, batch_size, generator=generator).argmax())
         n_a = int(self.sample_counts(x, n, batch_size, generator=generator, progress=progress)[c_hat])
         p_lower = clopper_pearson_lower(n_a, n, alpha)
@@ -497,11 +581,15 @@ class Smooth:
         """
         n0, n = _check_int(n0, "n0"), _check_int(n, "n", 2)
         alpha, batch_size = _check_alpha(alpha), _check_int(batch_size, "batch_size")
+        progress = _check_progress(progress)
         if bound not in _BOUNDS:
             raise ValueError(f"bound must be one of {_BOUNDS}, got {bound!r}")
         if isinstance(maps, (str, tuple)) and len(maps) == 2 and isinstance(maps[0], str):
             maps = (maps,)
-        maps = [_check_map(*m) if isinstance(m, (tuple, list)) and len(m) == 2 else None for m in maps]
+        if isinstance(maps, str) or not isinstance(maps, Sequence):
+            raise ValueError(f"maps must be a non-empty sequence of (kind, temperature) pairs, got {maps!r}")
+        maps = [_check_map(*m, where="maps: ") if isinstance(m, (tuple, list)) and len(m) == 2 else None
+                for m in maps]
         if not maps or any(m is None for m in maps):
             raise ValueError("maps must be a non-empty sequence of (kind, temperature) pairs")
         _check_generator(generator)
@@ -529,7 +617,7 @@ class Smooth:
         sums = torch.zeros(len(maps), self.num_classes, dtype=torch.float64)
         squares = torch.zeros_like(sums)
         for logits in self._noisy_logits(x, num, batch_size, generator, progress):
-            outputs = torch.stack([simplex_map(logits, kind, t) for kind, t in maps]).double()
+            outputs = torch.stack([_simplex_map(logits, kind, t) for kind, t in maps]).double()
             sums += outputs.sum(1).cpu()
             squares += outputs.square().sum(1).cpu()
         means = sums / num
@@ -632,7 +720,7 @@ def certify_dataset(
     method: str = "cohen",
     max_points: int | None = None,
     generator: torch.Generator | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
     **lvm_options,
 ) -> SmoothingResult:
     """Certify every point of a data set with :meth:`Smooth.certify` (``method="cohen"``) or
@@ -643,37 +731,46 @@ def certify_dataset(
         data: a Dataset, a DataLoader or an ``(inputs, labels)`` pair of tensors.
         n0, n, alpha, batch_size: as :meth:`Smooth.certify`.
         max_points: certify only the first ``max_points`` points.
-        generator: the source of the noise. progress: a bar over the points.
+        generator: the source of the noise.
+        progress: a bar over the points; None shows it unless the environment variable
+            ``TQDM_DISABLE`` is set.
 
     Returns:
-        A :class:`SmoothingResult`.
+        A :class:`SmoothingResult` (tensors on the CPU). Each point is moved to the base model's
+        device when it is certified.
     """
     if not isinstance(smooth, Smooth):
         raise TypeError(f"smooth must be a Smooth, got {type(smooth).__name__}")
-    if method not in ("cohen", "lvm"):
+    if not isinstance(method, str) or method not in ("cohen", "lvm"):
         raise ValueError(f"method must be 'cohen' or 'lvm', got {method!r}")
     if lvm_options and method != "lvm":
         raise ValueError(f"options {sorted(lvm_options)} apply only to method='lvm'")
+    _check_int(n0, "n0")
+    _check_int(n, "n", 2 if method == "lvm" else 1)
+    _check_alpha(alpha)
+    _check_int(batch_size, "batch_size")
+    _check_generator(generator)
+    progress = _check_progress(progress)
     if max_points is not None:
         _check_int(max_points, "max_points")
+    _check_data(data, "data")
     predictions, labels, radii = [], [], []
     total = max_points if max_points is not None else (len(data[0]) if isinstance(data, tuple) else None)
-    bar = tqdm(total=total, disable=not progress, desc=f"certify ({method})")
-    for xb, yb in batches(data, batch_size=64):
-        for x, y in zip(xb, yb):
+    with tqdm(total=total, disable=not progress, desc=f"certify ({method})") as bar:
+        for xb, yb in batches(data, batch_size=64):
+            for x, y in zip(xb, yb):
+                if max_points is not None and len(labels) >= max_points:
+                    break
+                if method == "cohen":
+                    c, r = smooth.certify(x, n0, n, alpha, batch_size, generator=generator)
+                else:
+                    c, r = smooth.certify_lvm(x, n0, n, alpha, batch_size, generator=generator, **lvm_options)
+                predictions.append(c)
+                labels.append(int(y))
+                radii.append(r)
+                bar.update(1)
             if max_points is not None and len(labels) >= max_points:
                 break
-            if method == "cohen":
-                c, r = smooth.certify(x, n0, n, alpha, batch_size, generator=generator)
-            else:
-                c, r = smooth.certify_lvm(x, n0, n, alpha, batch_size, generator=generator, **lvm_options)
-            predictions.append(c)
-            labels.append(int(y))
-            radii.append(r)
-            bar.update(1)
-        if max_points is not None and len(labels) >= max_points:
-            break
-    bar.close()
     return SmoothingResult(
         predictions=torch.tensor(predictions, dtype=torch.int64),
         labels=torch.tensor(labels, dtype=torch.int64),

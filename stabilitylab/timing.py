@@ -9,12 +9,21 @@ from collections.abc import Callable
 
 import torch
 
+from stabilitylab._checks import check_int
+from stabilitylab._devices import resolve_device
+
 __all__ = ["median_time", "peak_memory"]
 
 
 def _synchronize() -> None:
-    if torch.cuda.is_available():
+    # only a CUDA context that exists can have queued work (and asking for one would create it)
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.synchronize()
+
+
+def _check_fn(fn) -> None:
+    if not callable(fn):
+        raise TypeError(f"fn must be a callable taking no arguments, got {type(fn).__name__}")
 
 
 def median_time(fn: Callable[[], object], *, repeats: int = 5, warmup: int = 1) -> float:
@@ -22,12 +31,12 @@ def median_time(fn: Callable[[], object], *, repeats: int = 5, warmup: int = 1) 
     waiting for queued CUDA work before reading the clock.
 
     Raises:
+        TypeError: ``fn`` not callable, ``repeats`` or ``warmup`` not an int.
         ValueError: ``repeats`` < 1 or ``warmup`` < 0.
     """
-    if not isinstance(repeats, int) or repeats < 1:
-        raise ValueError(f"repeats must be an int >= 1, got {repeats!r}")
-    if not isinstance(warmup, int) or warmup < 0:
-        raise ValueError(f"warmup must be an int >= 0, got {warmup!r}")
+    _check_fn(fn)
+    repeats = check_int(repeats, "repeats", 1)
+    warmup = check_int(warmup, "warmup", 0)
     for _ in range(warmup):
         fn()
     times = []
@@ -47,8 +56,15 @@ def peak_memory(fn: Callable[[], object], *, device: str | torch.device = "cpu")
     memory events: the running sum of every operator's own allocations and frees in start
     order, an estimate that sees torch's tensors only (not Python objects). The profiler's
     start/stop messages on the standard error are silenced.
+
+    Raises:
+        TypeError: ``fn`` not callable, ``device`` not a device name.
+        ValueError: ``device`` names no torch device.
     """
-    device = torch.device(device)
+    _check_fn(fn)
+    device = resolve_device(device)
+    if device is None:
+        raise TypeError("device must be a str or a torch.device, got None")
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         before = torch.cuda.memory_allocated(device)

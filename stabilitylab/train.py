@@ -3,12 +3,43 @@
 ``fit`` takes the data as a :class:`~torch.utils.data.Dataset`, a ``(inputs, labels)`` pair of
 tensors or a :class:`~torch.utils.data.DataLoader`. In-memory tensor data sets (the package's
 ``ArrayDataset``) are batched by indexing, which is much faster than a ``DataLoader`` on small data.
+
+Devices
+    Training and evaluation run on the model's device; every batch is moved there. ``fit`` moves
+    the model only when ``device=`` names a device; ``device=None`` (the default) keeps it where
+    it is, so a model on the CPU trains on the CPU even when CUDA is available.
+
+Modes
+    ``fit`` trains in train mode and evaluates ``test_data`` in eval mode, and returns the model
+    with every submodule in the mode it had when ``fit`` was called (also when an error is
+    raised). A submodule the caller froze in eval mode inside a model in train mode (a frozen
+    BatchNorm, say) stays in eval mode during training; a model handed over entirely in eval
+    mode is switched to train mode as a whole for training. :func:`predict` and :func:`evaluate`
+    run in eval mode and restore every submodule's mode.
+
+Seeds (where randomness enters and what controls it)
+    * The model's initialization happens when the model is built, not in ``fit``: pass
+      ``generator=`` to the builders of :mod:`stabilitylab.models` (or seed torch's global
+      generator before building your own model).
+    * ``fit(generator=g)`` draws two seeds from ``g``: one for a private generator that shuffles
+      the training data every epoch, one for torch's global generator (CPU, and the model's CUDA
+      device), which dropout, noise layers such as :class:`stabilitylab.smoothing.GaussianNoise`
+      without their own generator, and augmentation use. The global generators are forked for
+      the duration of the call (:func:`torch.random.fork_rng`): the caller's random state is the
+      same after ``fit`` as before it. Equal generators give identical histories and parameters.
+    * ``fit(generator=None)`` shuffles and drops out with torch's global generator, which then
+      advances as usual (:func:`seed_everything` seeds it).
+    * A ``DataLoader`` passed as data shuffles with its own sampler: seed it yourself.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import random
+import warnings
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,6 +47,10 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm import tqdm
+
+from stabilitylab._checks import check_generator, check_int, check_number, check_positive, check_progress
+from stabilitylab._devices import model_device, resolve_device
+from stabilitylab._modes import eval_mode, preserved_modes
 
 __all__ = ["History", "fit", "evaluate", "predict", "seed_everything", "default_device", "batches"]
 
@@ -33,14 +68,9 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 def default_device() -> torch.device:
-    """CUDA when available, else the CPU."""
+    """CUDA when available, else the CPU (for callers that want the fastest device explicitly:
+    ``fit(model, data, device=default_device())``; nothing in the package picks it by itself)."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    for tensor in model.parameters():
-        return tensor.device
-    return torch.device("cpu")
 
 
 def _as_tensors(data: DataLike) -> tuple[Tensor, Tensor] | None:
@@ -49,6 +79,42 @@ def _as_tensors(data: DataLike) -> tuple[Tensor, Tensor] | None:
     if isinstance(data, TensorDataset) and len(data.tensors) == 2:
         return data.tensors[0], data.tensors[1]
     return None
+
+
+def _check_data(data, name: str = "data") -> None:
+    """TypeError/ValueError naming ``name`` for data that :func:`batches` cannot iterate."""
+    if isinstance(data, DataLoader):
+        return
+    tensors = _as_tensors(data)
+    if tensors is not None:
+        x, y = tensors
+        if x.ndim < 1 or y.ndim != 1:
+            raise ValueError(
+                f"{name} must hold inputs (N, *input_shape) and labels (N,), got shapes "
+                f"{tuple(x.shape)} and {tuple(y.shape)}")
+        if len(x) != len(y):
+            raise ValueError(f"{name}: {len(x)} inputs but {len(y)} labels")
+        if len(x) == 0:
+            raise ValueError(f"{name} is empty")
+        return
+    if isinstance(data, Dataset):
+        try:
+            size = len(data)  # type: ignore[arg-type]
+        except TypeError:
+            return  # an iterable-style data set: its length is unknown
+        if size == 0:
+            raise ValueError(f"{name} is empty")
+        return
+    raise TypeError(
+        f"{name} must be a Dataset, a DataLoader or an (inputs, labels) pair of tensors, got {type(data).__name__}"
+    )
+
+
+def _finite(x: Tensor, name: str) -> Tensor:
+    """``x`` unchanged when it has no NaN/Inf entries (floating inputs only), else a ValueError naming ``name``."""
+    if isinstance(x, Tensor) and x.is_floating_point() and x.device.type != "meta" and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains NaN or infinite inputs")
+    return x
 
 
 def batches(
@@ -60,33 +126,34 @@ def batches(
 ) -> Iterator[tuple[Tensor, Tensor]]:
     """Iterate over ``(inputs, labels)`` batches of a data set, a tensor pair or a loader.
 
+    Batches stay on the device the data is on (the callers move them to the model's device). A
+    ``DataLoader`` is iterated as it is (its own batch size and sampler).
+
+    Args:
+        data: a Dataset of ``(input, label)``, a DataLoader or an ``(inputs, labels)`` pair.
+        batch_size: examples per batch, >= 1.
+        shuffle: visit the examples in a random order, drawn with ``generator``.
+        generator: a CPU ``torch.Generator`` for the order; None: torch's global generator.
+
     Raises:
         TypeError: data of another kind.
         ValueError: inputs and labels of different lengths, or an empty data set.
     """
+    _check_data(data, "data")
+    batch_size = check_int(batch_size, "batch_size")
+    check_generator(generator)
     if isinstance(data, DataLoader):
         yield from data
         return
     tensors = _as_tensors(data)
     if tensors is not None:
         x, y = tensors
-        if len(x) != len(y):
-            raise ValueError(f"data: {len(x)} inputs but {len(y)} labels")
-        if len(x) == 0:
-            raise ValueError("data is empty")
         order = torch.randperm(len(x), generator=generator) if shuffle else torch.arange(len(x))
         for start in range(0, len(x), batch_size):
             index = order[start : start + batch_size]
             yield x[index], y[index]
         return
-    if isinstance(data, Dataset):
-        if len(data) == 0:  # type: ignore[arg-type]
-            raise ValueError("data is empty")
-        yield from DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=generator)
-        return
-    raise TypeError(
-        f"data must be a Dataset, a DataLoader or an (inputs, labels) pair of tensors, got {type(data).__name__}"
-    )
+    yield from DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=generator)
 
 
 @dataclass
@@ -109,11 +176,6 @@ class History:
         return len(self.loss)
 
 
-def _check_positive(name: str, value, kind=int) -> None:
-    if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
-        raise ValueError(f"{name} must be a positive {kind.__name__}, got {value!r}")
-
-
 def _is_sam(opt) -> bool:
     return callable(getattr(opt, "first_step", None)) and callable(getattr(opt, "second_step", None))
 
@@ -133,6 +195,49 @@ def _optimizer(name, params, lr: float, weight_decay: float, momentum: float) ->
     raise TypeError(f"optimizer must be a name or a callable(params) -> Optimizer, got {name!r}")
 
 
+def _draw_seed(generator: torch.Generator) -> int:
+    """A 63-bit seed drawn from ``generator`` (on its own device)."""
+    return int(torch.randint(0, 2**63 - 1, (), generator=generator, device=generator.device))
+
+
+def _seeded_global_rng(stack: ExitStack, seed: int, device: torch.device) -> None:
+    """Fork torch's global generators (the CPU's, and ``device``'s when it is a CUDA device) for the
+    rest of ``stack`` and seed them with ``seed``: the caller's state is restored on exit."""
+    cuda = device.type == "cuda"
+    index = (device.index if device.index is not None else torch.cuda.current_device()) if cuda else None
+    stack.enter_context(torch.random.fork_rng(devices=[index] if cuda else [], device_type="cuda"))
+    torch.random.default_generator.manual_seed(seed)
+    if cuda:
+        with torch.cuda.device(index):
+            torch.cuda.manual_seed(seed)
+
+
+def _seed_alias(fn):
+    """``seed=`` (an int or None, deprecated) keeps working as ``generator=torch.Generator().manual_seed(seed)``."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if "seed" in kwargs:
+            if "generator" in kwargs:
+                raise TypeError(f"{fn.__name__}() got both 'seed' (deprecated) and 'generator'; pass only 'generator'")
+            warnings.warn(
+                f"{fn.__name__}(): the argument 'seed' is deprecated, use 'generator' "
+                "(generator=torch.Generator().manual_seed(seed))",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            seed = kwargs.pop("seed")
+            if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+                raise TypeError(f"seed must be an int or None, got {seed!r}")
+            kwargs["generator"] = None if seed is None else torch.Generator().manual_seed(seed)
+        return fn(*args, **kwargs)
+
+    wrapper.__signature__ = inspect.signature(fn)
+    wrapper._renamed_kwargs = {"seed": "generator"}
+    return wrapper
+
+
+@_seed_alias
 def fit(
     model: nn.Module,
     train_data: DataLike,
@@ -147,19 +252,20 @@ def fit(
     penalty: Callable[[nn.Module, Tensor, Tensor, Tensor], Tensor] | None = None,
     test_data: DataLike | None = None,
     device: str | torch.device | None = None,
-    seed: int | None = 0,
-    progress: bool = True,
+    generator: torch.Generator | None = None,
+    progress: bool | None = None,
     desc: str = "training",
 ) -> History:
     """Train ``model`` in place with minibatch gradient descent.
 
-    Each epoch shuffles the data with a generator seeded from ``seed``, takes one optimizer
-    step per batch on ``loss_fn(model(x), y)`` (mean cross-entropy by default), and records the
-    mean training loss and accuracy over the epoch (and, with ``test_data``, the test loss and
-    accuracy in eval mode at the end of the epoch).
+    Each epoch visits the training data in a random order, takes one optimizer step per batch on
+    ``loss_fn(model(x), y)`` (mean cross-entropy by default), and records the mean training loss
+    and accuracy over the epoch (and, with ``test_data``, the test loss and accuracy in eval mode
+    at the end of the epoch). See the module docstring for where randomness enters, which device
+    the work runs on and which modes the model is in.
 
     Args:
-        model: maps ``(N, *input_shape)`` to logits ``(N, num_classes)``; moved to ``device``.
+        model: maps ``(N, *input_shape)`` to logits ``(N, num_classes)``.
         train_data: a Dataset of ``(input, label)``, a DataLoader, or a tensor pair.
         epochs, batch_size, lr, weight_decay, momentum: the usual meaning (momentum is SGD's).
         optimizer: "adam", "adamw", "sgd", or a callable ``params -> Optimizer``. An optimizer
@@ -170,62 +276,101 @@ def fit(
             regularizer of :mod:`stabilitylab.curvature`, say); the history records the loss
             without it.
         test_data: evaluated after each epoch when given.
-        device: default: CUDA when available, else the CPU.
-        seed: seeds the global torch generator (dropout, augmentation) and the shuffling; None
-            leaves both as they are.
-        progress: show a progress bar over epochs with the current loss and accuracy.
+        device: None (default) trains the model where it is; a device (``"cuda"``, ...) moves the
+            model there first (and it stays there). Batches are moved to the model's device.
+        generator: a ``torch.Generator`` (any device) from which the shuffling and torch's global
+            generator are seeded for the call (the caller's global state is left unchanged);
+            None uses torch's global generator. ``seed=`` (an int) is a deprecated alias for
+            ``generator=torch.Generator().manual_seed(seed)``.
+        progress: a progress bar over epochs with the current loss and accuracy; None shows it
+            unless the environment variable ``TQDM_DISABLE`` is set.
+        desc: the progress bar's label.
 
     Returns:
-        A :class:`History` of per-epoch losses and accuracies.
+        A :class:`History` of per-epoch losses and accuracies. The model is returned (in place)
+        in the train/eval mode every submodule had when ``fit`` was called.
+
+    Raises:
+        TypeError: a model that is not an ``nn.Module``, data of another kind, a generator that
+            is not a ``torch.Generator``, non-callable ``loss_fn``/``penalty``.
+        ValueError: non-positive ``epochs``, ``batch_size`` or ``lr``, negative ``weight_decay``
+            or ``momentum``, an unknown optimizer name, empty or mismatched data, NaN or infinite
+            inputs in a batch.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    _check_positive("epochs", epochs)
-    _check_positive("batch_size", batch_size)
-    if not (isinstance(lr, (int, float)) and lr > 0):
-        raise ValueError(f"lr must be a positive number, got {lr!r}")
-    if weight_decay < 0:
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
-    device = torch.device(device) if device is not None else default_device()
+    _check_data(train_data, "train_data")
+    if test_data is not None:
+        _check_data(test_data, "test_data")
+    epochs = check_int(epochs, "epochs")
+    batch_size = check_int(batch_size, "batch_size")
+    lr = check_positive(lr, "lr")
+    weight_decay = check_number(weight_decay, "weight_decay", minimum=0.0)
+    momentum = check_number(momentum, "momentum", minimum=0.0)
+    for name, value in (("loss_fn", loss_fn), ("penalty", penalty)):
+        if value is not None and not callable(value):
+            raise TypeError(f"{name} must be callable or None, got {type(value).__name__}")
+    if not isinstance(optimizer, str) and not callable(optimizer):
+        raise TypeError(f"optimizer must be a name or a callable(params) -> Optimizer, got {optimizer!r}")
+    if not isinstance(desc, str):
+        raise TypeError(f"desc must be a str, got {type(desc).__name__}")
+    device = resolve_device(device)
+    generator = check_generator(generator)
+    show = check_progress(progress)
     loss_fn = loss_fn or nn.functional.cross_entropy
-    generator = None
-    if seed is not None:
-        torch.manual_seed(seed)
-        generator = torch.Generator().manual_seed(seed)
-    model.to(device)
-    opt = _optimizer(optimizer, model.parameters(), lr, weight_decay, momentum)
-    history = History()
-    bar = tqdm(range(epochs), desc=desc, disable=not progress, leave=False)
-    for _ in bar:
-        model.train()
-        total_loss, correct, count = 0.0, 0, 0
-        for x, y in batches(train_data, batch_size=batch_size, shuffle=True, generator=generator):
-            x, y = x.to(device), y.to(device)
-            logits = model(x)
-            loss = loss_fn(logits, y)
-            opt.zero_grad(set_to_none=True)
-            (loss if penalty is None else loss + penalty(model, x, y, loss)).backward()
-            if _is_sam(opt):  # a second gradient, at the perturbed weights
-                opt.first_step(zero_grad=True)
-                again = loss_fn(model(x), y)
-                (again if penalty is None else again + penalty(model, x, y, again)).backward()
-                opt.second_step(zero_grad=True)
-            else:
-                opt.step()
-            total_loss += loss.item() * len(y)
-            correct += (logits.argmax(1) == y).sum().item()
-            count += len(y)
-        history.loss.append(total_loss / count)
-        history.accuracy.append(correct / count)
-        postfix = {"loss": f"{history.loss[-1]:.3f}", "acc": f"{history.accuracy[-1]:.3f}"}
-        if test_data is not None:
-            metrics = evaluate(model, test_data, loss_fn=loss_fn, device=device)
-            history.test_loss.append(metrics["loss"])
-            history.test_accuracy.append(metrics["accuracy"])
-            postfix["test_acc"] = f"{metrics['accuracy']:.3f}"
-        bar.set_postfix(postfix)
-    model.eval()
+
+    with ExitStack() as stack:
+        stack.enter_context(preserved_modes(model))
+        if device is not None:
+            model.to(device)
+        where = model_device(model)
+        shuffle_generator = None
+        if generator is not None:
+            shuffle_generator = torch.Generator().manual_seed(_draw_seed(generator))
+            _seeded_global_rng(stack, _draw_seed(generator), where)
+        if not model.training:
+            model.train()  # a model handed over in eval mode trains as a whole
+        opt = _optimizer(optimizer, model.parameters(), lr, weight_decay, momentum)
+        history = History()
+        bar = stack.enter_context(tqdm(range(epochs), desc=desc, disable=not show, leave=False))
+        for _ in bar:
+            total_loss, correct, count = 0.0, 0, 0
+            for x, y in batches(train_data, batch_size=batch_size, shuffle=True, generator=shuffle_generator):
+                x, y = _finite(x.to(where), "train_data"), y.to(where)
+                logits = model(x)
+                loss = loss_fn(logits, y)
+                opt.zero_grad(set_to_none=True)
+                (loss if penalty is None else loss + penalty(model, x, y, loss)).backward()
+                if _is_sam(opt):  # a second gradient, at the perturbed weights
+                    opt.first_step(zero_grad=True)
+                    again = loss_fn(model(x), y)
+                    (again if penalty is None else again + penalty(model, x, y, again)).backward()
+                    opt.second_step(zero_grad=True)
+                else:
+                    opt.step()
+                total_loss += loss.item() * len(y)
+                correct += (logits.argmax(1) == y).sum().item()
+                count += len(y)
+            history.loss.append(total_loss / count)
+            history.accuracy.append(correct / count)
+            postfix = {"loss": f"{history.loss[-1]:.3f}", "acc": f"{history.accuracy[-1]:.3f}"}
+            if test_data is not None:
+                metrics = evaluate(model, test_data, loss_fn=loss_fn)  # eval mode, then back
+                history.test_loss.append(metrics["loss"])
+                history.test_accuracy.append(metrics["accuracy"])
+                postfix["test_acc"] = f"{metrics['accuracy']:.3f}"
+            bar.set_postfix(postfix)
     return history
+
+
+def _target_device(model: nn.Module, device) -> torch.device | None:
+    """``device`` when given, else the model's (None for a model without parameters or buffers)."""
+    device = resolve_device(device)
+    if device is not None:
+        return device
+    if any(True for _ in (*model.parameters(), *model.buffers())):
+        return model_device(model)
+    return None
 
 
 @torch.no_grad()
@@ -236,15 +381,29 @@ def predict(
     batch_size: int = 1024,
     device: str | torch.device | None = None,
 ) -> Tensor:
-    """The model's logits on ``data`` (inputs tensor, tensor pair, Dataset or DataLoader), in
-    eval mode, batched, on ``device`` (default: the model's); returned on the CPU, shape (N, C)."""
-    device = torch.device(device) if device is not None else _model_device(model)
-    was_training = model.training
-    model.eval()
+    """The model's logits on ``data``, in eval mode (every submodule's mode restored afterwards).
+
+    Args:
+        model: maps ``(N, *input_shape)`` to ``(N, C)``.
+        data: an inputs tensor ``(N, *input_shape)``, a tensor pair, a Dataset or a DataLoader.
+        batch_size: inputs per forward pass, >= 1.
+        device: where the batches are sent; default the model's device (the model is not moved).
+
+    Returns:
+        The logits ``(N, C)``, on the CPU.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    batch_size = check_int(batch_size, "batch_size")
+    where = _target_device(model, device)
     if isinstance(data, Tensor):
+        if data.ndim < 1 or len(data) == 0:
+            raise ValueError(f"data must be a non-empty batch (N, *input_shape), got shape {tuple(data.shape)}")
         data = (data, torch.zeros(len(data), dtype=torch.long))
-    outputs = [model(x.to(device)).cpu() for x, _ in batches(data, batch_size=batch_size)]
-    model.train(was_training)
+    _check_data(data, "data")
+    with eval_mode(model):
+        outputs = [model(_finite(x if where is None else x.to(where), "data")).cpu()
+                   for x, _ in batches(data, batch_size=batch_size)]
     return torch.cat(outputs)
 
 
@@ -257,22 +416,33 @@ def evaluate(
     batch_size: int = 1024,
     device: str | torch.device | None = None,
 ) -> dict[str, float]:
-    """Mean loss and accuracy of ``model`` on ``data`` in eval mode.
+    """Mean loss and accuracy of ``model`` on ``data`` in eval mode (every submodule's mode restored).
+
+    Args:
+        model: maps ``(N, *input_shape)`` to ``(N, C)``.
+        data: a Dataset of ``(input, label)``, a DataLoader or a tensor pair.
+        loss_fn: ``(logits, labels) -> scalar`` (a mean over the batch); default cross-entropy.
+        batch_size: examples per forward pass, >= 1.
+        device: where the batches are sent; default the model's device (the model is not moved).
 
     Returns:
-        ``{"loss": float, "accuracy": float}``; the loss is ``loss_fn`` (default mean
-        cross-entropy) averaged over examples.
+        ``{"loss": float, "accuracy": float}``; the loss is ``loss_fn`` averaged over examples.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    _check_data(data, "data")
+    batch_size = check_int(batch_size, "batch_size")
+    if loss_fn is not None and not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable or None, got {type(loss_fn).__name__}")
     loss_fn = loss_fn or nn.functional.cross_entropy
-    device = torch.device(device) if device is not None else _model_device(model)
-    was_training = model.training
-    model.eval()
+    where = _target_device(model, device)
     total_loss, correct, count = 0.0, 0, 0
-    for x, y in batches(data, batch_size=batch_size):
-        x, y = x.to(device), y.to(device)
-        logits = model(x)
-        total_loss += loss_fn(logits, y).item() * len(y)
-        correct += (logits.argmax(1) == y).sum().item()
-        count += len(y)
-    model.train(was_training)
+    with eval_mode(model):
+        for x, y in batches(data, batch_size=batch_size):
+            if where is not None:
+                x, y = x.to(where), y.to(where)
+            logits = model(_finite(x, "data"))
+            total_loss += loss_fn(logits, y).item() * len(y)
+            correct += (logits.argmax(1) == y).sum().item()
+            count += len(y)
     return {"loss": total_loss / count, "accuracy": correct / count}

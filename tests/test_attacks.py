@@ -162,7 +162,7 @@ def test_attacks_respect_ball_and_box_exactly(attack, norm, shape, eps, bound_ki
     if attack == "fgsm":
         x_adv = fgsm(model, x, y, eps, norm=norm, bounds=bounds)
     else:
-        x_adv = pgd(model, x, y, eps, norm=norm, bounds=bounds, n_steps=5,
+        x_adv = pgd(model, x, y, eps, norm=norm, bounds=bounds, n_iter=5,
                     step_size=eps, generator=torch.Generator().manual_seed(seed))
     assert_feasible(x_adv, x, eps, norm, bounds)
 
@@ -176,7 +176,7 @@ def test_large_steps_land_on_the_ball_and_box(norm):
     model = RandomMLP(10, 2, 0)
     y = torch.zeros(16, dtype=torch.long)
     for eps in (1e-3, 0.1, 1.0, 10.0):
-        x_adv = pgd(model, x, y, eps, norm=norm, bounds=bounds, step_size=100.0, n_steps=3,
+        x_adv = pgd(model, x, y, eps, norm=norm, bounds=bounds, step_size=100.0, n_iter=3,
                     generator=g)
         assert_feasible(x_adv, x, eps, norm, bounds)
 
@@ -235,13 +235,13 @@ def test_random_start_is_uniform_in_the_ball():
     y = torch.zeros(n, dtype=torch.long)
     g = torch.Generator().manual_seed(0)
     # l2: P(||delta|| <= r) = (r/eps)^d, so (||delta||/eps)^d ~ U(0, 1); direction isotropic
-    delta = pgd(model, x, y, eps, norm="l2", n_steps=1, generator=g)
+    delta = pgd(model, x, y, eps, norm="l2", n_iter=1, generator=g)
     r = delta.norm(dim=1) / eps
     u = r.double() ** d
     assert abs(u.mean().item() - 0.5) < 0.02 and abs(u.var().item() - 1 / 12) < 0.01
     assert delta.mean(dim=0).abs().max() < 0.02
     # linf: each coordinate ~ U(-eps, eps): mean 0, variance eps^2 / 3
-    delta = pgd(model, x, y, eps, norm="linf", n_steps=1, generator=g)
+    delta = pgd(model, x, y, eps, norm="linf", n_iter=1, generator=g)
     assert delta.abs().max() <= eps
     assert delta.mean().abs() < 0.01
     assert abs(delta.var().item() - eps**2 / 3) < 0.005
@@ -432,7 +432,7 @@ def test_targeted_pgd_reaches_the_target():
     with torch.no_grad():
         pred = model(x).argmax(dim=1)
     target = (pred + 1) % 3
-    x_adv = pgd(model, x, target, 20.0, norm="l2", targeted=True, n_steps=50,
+    x_adv = pgd(model, x, target, 20.0, norm="l2", targeted=True, n_iter=50,
                 generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert (model(x_adv).argmax(dim=1) == target).all()
@@ -457,7 +457,7 @@ def test_pgd_is_deterministic_with_a_seeded_generator(norm):
     runs = [pgd(model, x, y, 0.1, norm=norm, generator=torch.Generator().manual_seed(s))
             for s in (7, 7, 8)]
     assert torch.equal(runs[0], runs[1])
-    starts = [pgd(model, x, y, 0.1, norm=norm, n_steps=1, step_size=1e-6,
+    starts = [pgd(model, x, y, 0.1, norm=norm, n_iter=1, step_size=1e-6,
                   generator=torch.Generator().manual_seed(s)) for s in (7, 8)]
     assert not torch.equal(starts[0], starts[1])
     d1 = minimal_adversarial_distance(model, x, y, norm=norm, bounds=(0.0, 1.0),
@@ -534,11 +534,11 @@ BAD = [
     ("all", dict(x=np.zeros((4, 3), dtype=np.float32)), TypeError, "x must be a torch.Tensor"),
     ("all", dict(x=[[0.0] * 3] * 4), TypeError, "x"),
     ("all", dict(x=torch.zeros(4, 3, dtype=torch.long)), TypeError, "x"),
-    ("pgd", dict(n_steps=0), ValueError, "n_steps"),
+    ("pgd", dict(n_iter=0), ValueError, "n_iter"),
     ("pgd", dict(step_size=0.0), ValueError, "step_size"),
     ("pgd", dict(step_size=-1.0), ValueError, "step_size"),
     ("pgd", dict(generator=0), TypeError, "generator"),
-    ("mad", dict(n_steps=0), ValueError, "n_steps"),
+    ("mad", dict(n_iter=0), ValueError, "n_iter"),
     ("mad", dict(n_search=-1), ValueError, "n_search"),
     ("mad", dict(eps_max=0.0), ValueError, "eps_max"),
     ("mad", dict(eps_max=-1.0), ValueError, "eps_max"),
@@ -546,7 +546,7 @@ BAD = [
     ("ra", dict(batch_size=0), ValueError, "batch_size"),
     ("ra", dict(attack="cw"), ValueError, "attack"),
     ("ra", dict(x=torch.zeros(0, 3), y=torch.zeros(0, dtype=torch.long)), ValueError, "x"),
-    ("ra", dict(n_steps=0), ValueError, "n_steps"),
+    ("ra", dict(n_iter=0), ValueError, "n_iter"),
     ("ra", dict(targeted=True), ValueError, "targeted"),
 ]
 
@@ -589,3 +589,36 @@ def test_bad_model_output_raises():
         pgd(lambda z: z.sum(dim=1), _X, _Y, 0.1)
     with pytest.raises(ValueError, match="y must contain class indices"):
         fgsm(_M, _X, torch.tensor([0, 1, 2, 1]), 0.1)
+
+
+# ---------------------------------------------------------------------------
+# renamed arguments and the named result
+# ---------------------------------------------------------------------------
+
+
+def test_n_steps_is_a_deprecated_alias_of_n_iter():
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    new = pgd(_M, _X, _Y, 0.3, n_iter=3, generator=g())
+    with pytest.warns(DeprecationWarning, match="n_iter"):
+        old = pgd(_M, _X, _Y, 0.3, n_steps=3, generator=g())
+    assert torch.equal(new, old)
+    with pytest.warns(DeprecationWarning, match="n_iter"):
+        old = minimal_adversarial_distance(_M, _X, _Y, eps_max=1.0, n_steps=3, generator=g())
+    assert torch.equal(old, minimal_adversarial_distance(_M, _X, _Y, eps_max=1.0, n_iter=3, generator=g()))
+    with pytest.raises(TypeError, match="n_iter"):
+        pgd(_M, _X, _Y, 0.3, n_steps=3, n_iter=3)
+
+
+def test_minimal_distance_returns_named_fields():
+    from stabilitylab.attacks import AdversarialDistance
+
+    model, x, y, cf, _ = linear_problem(5, 3, 8)
+    result = minimal_adversarial_distance(model, x, y, norm="l2", eps_max=4 * cf.max().item(),
+                                          return_examples=True)
+    assert isinstance(result, AdversarialDistance)
+    assert result.distance.shape == (8,) and result.examples.shape == x.shape
+    dist, examples = result  # still unpacks as a pair
+    assert torch.equal(dist, result.distance) and torch.equal(examples, result.examples)
+    found = torch.isfinite(result.distance) & (result.distance > 0)
+    assert torch.equal(dist64(result.examples, x, "l2")[found] <= result.distance.double()[found],
+                       torch.ones(int(found.sum()), dtype=torch.bool))

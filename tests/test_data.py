@@ -21,7 +21,7 @@ from stabilitylab.data import (
     available_datasets,
     load_dataset,
 )
-from torchvision_format import write_cifar10, write_mnist
+from torchvision_format import write_cifar10, write_cifar10_archive, write_mnist
 
 OFFLINE = {
     # name: (input_shape, num_classes, default train size, default test size)
@@ -395,3 +395,58 @@ def test_without_torchvision(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "torchvision.datasets", None)
     with pytest.raises(DatasetNotAvailableError, match="torchvision"):
         load_dataset("cifar10", root=tmp_path)
+
+
+# ----------------------------------------------------------------------------- CIFAR archives
+
+
+def test_published_cifar_checksums_are_torchvisions():
+    from stabilitylab import data
+
+    tvd = pytest.importorskip("torchvision.datasets")
+    assert data._CIFAR_ARCHIVES["cifar10"] == (tvd.CIFAR10.filename, tvd.CIFAR10.tgz_md5)
+    assert data._CIFAR_ARCHIVES["cifar100"] == (tvd.CIFAR100.filename, tvd.CIFAR100.tgz_md5)
+    assert data._CIFAR_ARCHIVES["cifar10"][1] == "c58f30108f718f92721af3b95e74349a"
+    assert data._CIFAR_ARCHIVES["cifar100"][1] == "eb9058c3a382ffc7106e4002c42a8d85"
+
+
+def test_a_cifar_archive_with_the_wrong_checksum_is_refused(tmp_path):
+    import hashlib
+
+    from stabilitylab.data import ChecksumError
+
+    write_cifar10_archive(tmp_path)
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    actual = hashlib.md5(archive.read_bytes()).hexdigest()
+    with pytest.raises(ChecksumError, match="c58f30108f718f92721af3b95e74349a") as info:
+        load_dataset("cifar10", root=tmp_path, split="test")
+    message = str(info.value)
+    assert actual in message and "cifar-10-python.tar.gz" in message
+    assert isinstance(info.value, DatasetNotAvailableError)  # callers falling back offline still do
+
+
+def test_a_cifar_archive_with_the_published_checksum_is_read(tmp_path, monkeypatch):
+    import hashlib
+
+    from stabilitylab import data
+
+    batches = write_cifar10_archive(tmp_path, seed=3)
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    # the fake archive plays the official one: its own sum becomes "the published one"
+    monkeypatch.setitem(data._CIFAR_ARCHIVES, "cifar10",
+                        ("cifar-10-python.tar.gz", hashlib.md5(archive.read_bytes()).hexdigest()))
+    assert not (tmp_path / "cifar-10-batches-py").exists()
+    test = load_dataset("cifar10", root=tmp_path, split="test")
+    array, labels = batches["test_batch"]
+    assert torch.equal(test.inputs, torch.from_numpy(array.reshape(-1, 3, 32, 32).astype(np.float32) / 255.0))
+    assert test.labels.tolist() == labels and test.classes == batches["label_names"]
+    train = load_dataset("cifar10", root=tmp_path, n_samples=9)
+    expected = np.concatenate([batches[f"data_batch_{i}"][0] for i in range(1, 6)])[:9]
+    assert torch.equal(train.inputs, torch.from_numpy(expected.reshape(-1, 3, 32, 32).astype(np.float32) / 255.0))
+    assert not (tmp_path / "cifar-10-batches-py").exists()  # read in place, nothing extracted
+
+
+def test_extracted_cifar_batches_are_read_before_the_archive(tmp_path):
+    write_cifar10(tmp_path, seed=4)
+    (tmp_path / "cifar-10-python.tar.gz").write_bytes(b"not an archive")  # never opened
+    assert len(load_dataset("cifar10", root=tmp_path, split="test")) == 6

@@ -28,15 +28,22 @@ def test_training_reduces_loss_on_moons():
 
 
 def test_fit_is_deterministic_for_a_seed():
+    """``seed=`` is the deprecated alias of ``generator=torch.Generator().manual_seed(seed)``."""
     moons = data.load_dataset("moons", n_samples=200)
 
-    def run():
+    def run(**seeding):
         train.seed_everything(3)
         model = models.mlp(2, 2, hidden=(16,))
-        train.fit(model, moons, epochs=3, seed=5, progress=False, device="cpu")
+        train.fit(model, moons, epochs=3, progress=False, device="cpu", **seeding)
         return torch.cat([p.flatten() for p in model.parameters()])
 
-    assert torch.equal(run(), run())
+    with pytest.warns(DeprecationWarning, match="generator"):
+        old = run(seed=5)
+    assert torch.equal(old, run(generator=torch.Generator().manual_seed(5)))
+    with pytest.warns(DeprecationWarning):
+        assert torch.equal(old, run(seed=5))
+    with pytest.raises(TypeError, match="generator"):
+        run(seed=5, generator=torch.Generator())
 
 
 def test_fit_accepts_tensor_pairs_loaders_and_sgd():
@@ -94,7 +101,7 @@ def test_mlp_shapes(shape, hidden, classes, activation):
     pool=st.sampled_from(["max", "avg", "none"]),
 )
 def test_cnn_shapes(channels, size, in_channels, pool):
-    model = models.cnn(in_channels, 4, image_size=size, channels=channels, hidden=8, pool=pool)
+    model = models.cnn(in_channels, 4, input_size=size, channels=channels, hidden=8, pool=pool)
     h, w = (size, size) if isinstance(size, int) else size
     assert model(torch.randn(2, in_channels, h, w)).shape == (2, 4)
 
@@ -105,11 +112,11 @@ def test_model_builders_reject_bad_arguments():
     with pytest.raises(ValueError, match="hidden"):
         models.mlp(2, 2, hidden=(0,))
     with pytest.raises(ValueError, match="kernel_size"):
-        models.cnn(1, 2, image_size=8, kernel_size=2)
-    with pytest.raises(ValueError, match="image_size"):
-        models.cnn(1, 2, image_size=2, channels=(4, 4))
+        models.cnn(1, 2, input_size=8, kernel_size=2)
+    with pytest.raises(ValueError, match="input_size"):
+        models.cnn(1, 2, input_size=2, channels=(4, 4))
     with pytest.raises(ValueError, match="pool"):
-        models.cnn(1, 2, image_size=8, pool="median")
+        models.cnn(1, 2, input_size=8, pool="median")
 
 
 def test_plot_save_writes_where_asked(tmp_path, monkeypatch):
@@ -180,7 +187,7 @@ def test_every_dense_family_is_1_lipschitz(layer):
 @pytest.mark.parametrize("pool", ["invertible", "avg"])
 def test_every_conv_family_is_1_lipschitz(layer, pool):
     torch.manual_seed(0)
-    model = _perturb(models.lipschitz_cnn(1, 4, image_size=8, channels=(2, 4), layer=layer, pool=pool, depth=2), 3)
+    model = _perturb(models.lipschitz_cnn(1, 4, input_size=8, channels=(2, 4), layer=layer, pool=pool, depth=2), 3)
     x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(4))
     assert model(x).shape == (2, 4)
     assert lipschitz.upper_bound(model, (1, 8, 8)).item() <= 1.0
@@ -189,7 +196,7 @@ def test_every_conv_family_is_1_lipschitz(layer, pool):
 
 @pytest.mark.parametrize("build", [
     lambda: models.lipschitz_mlp(6, 4, hidden=(4,), head="lln"),
-    lambda: models.lipschitz_cnn(1, 4, image_size=4, channels=(2,), head="lln"),
+    lambda: models.lipschitz_cnn(1, 4, input_size=4, channels=(2,), head="lln"),
 ])
 def test_lln_head_bounds_the_logit_differences(build):
     torch.manual_seed(0)
@@ -238,7 +245,7 @@ def test_sll_mlp_is_residual_blocks_of_one_width():
     pool=st.sampled_from(["invertible", "avg"]),
 )
 def test_lipschitz_cnn_shapes(layer, channels, size, in_channels, pool):
-    model = models.lipschitz_cnn(in_channels, 5, image_size=size, channels=channels, layer=layer, pool=pool)
+    model = models.lipschitz_cnn(in_channels, 5, input_size=size, channels=channels, layer=layer, pool=pool)
     h, w = (size, size) if isinstance(size, int) else size
     assert model(torch.randn(2, in_channels, h, w)).shape == (2, 5)
 
@@ -252,16 +259,16 @@ def test_lipschitz_cnn_shapes(layer, channels, size, in_channels, pool):
         (lambda: models.lipschitz_mlp(4, 2, hidden=(), layer="sll"), "hidden"),
         (lambda: models.lipschitz_mlp(4, 2, hidden=(3,)), "group_size"),
         (lambda: models.lipschitz_mlp(4, 2, group_size=1), "group_size"),
-        (lambda: models.lipschitz_cnn(1, 2, image_size=8, layer="lstm"), "layer"),
-        (lambda: models.lipschitz_cnn(1, 2, image_size=8, head="sll"), "head"),
-        (lambda: models.lipschitz_cnn(1, 2, image_size=8, pool="max"), "pool"),
-        (lambda: models.lipschitz_cnn(1, 2, image_size=8, channels=(3,)), "channels"),
-        (lambda: models.lipschitz_cnn(1, 2, image_size=6, channels=(2, 2)), "image_size"),
-        (lambda: models.lipschitz_cnn(1, 2, image_size=(8, 8, 8)), "image_size"),
-        (lambda: models.lipschitz_cnn(1, 2, image_size=8, kernel_size=2), "kernel_size"),
-        (lambda: models.lipschitz_cnn(1, 2, image_size=8, depth=0), "depth"),
-        (lambda: models.lipschitz_cnn(1, 2, image_size=4, channels=(2, 2), layer="cayley", kernel_size=3), "image_size"),
-        (lambda: models.lipschitz_cnn(0, 2, image_size=8), "in_channels"),
+        (lambda: models.lipschitz_cnn(1, 2, input_size=8, layer="lstm"), "layer"),
+        (lambda: models.lipschitz_cnn(1, 2, input_size=8, head="sll"), "head"),
+        (lambda: models.lipschitz_cnn(1, 2, input_size=8, pool="max"), "pool"),
+        (lambda: models.lipschitz_cnn(1, 2, input_size=8, channels=(3,)), "channels"),
+        (lambda: models.lipschitz_cnn(1, 2, input_size=6, channels=(2, 2)), "input_size"),
+        (lambda: models.lipschitz_cnn(1, 2, input_size=(8, 8, 8)), "input_size"),
+        (lambda: models.lipschitz_cnn(1, 2, input_size=8, kernel_size=2), "kernel_size"),
+        (lambda: models.lipschitz_cnn(1, 2, input_size=8, depth=0), "depth"),
+        (lambda: models.lipschitz_cnn(1, 2, input_size=4, channels=(2, 2), layer="cayley", kernel_size=3), "input_size"),
+        (lambda: models.lipschitz_cnn(0, 2, input_size=8), "in_channels"),
     ],
 )
 def test_lipschitz_builders_reject_bad_arguments(build, match):

@@ -54,3 +54,19 @@ def write_cifar10(root: Path, *, n_per_batch: int = 4, n_test: int = 6, seed: in
         _write_pickle(folder / file_name, {"data": data, "labels": labels})
         batches[file_name] = (data, labels)
     return batches
+
+
+def write_cifar10_archive(root: Path, *, n_per_batch: int = 4, n_test: int = 6, seed: int = 0) -> dict:
+    """Write CIFAR-10's python batches packed as torchvision downloads them, in
+    ``root/cifar-10-python.tar.gz`` (members ``cifar-10-batches-py/...``), without leaving the
+    extracted folder; return what :func:`write_cifar10` returns."""
+    import shutil
+    import tarfile
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        batches = write_cifar10(Path(tmp), n_per_batch=n_per_batch, n_test=n_test, seed=seed)
+        with tarfile.open(Path(root) / "cifar-10-python.tar.gz", "w:gz") as tar:
+            tar.add(Path(tmp) / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+        shutil.rmtree(Path(tmp) / "cifar-10-batches-py")
+    return batches

@@ -427,8 +427,9 @@ def run_chapter(
     fd_out, tmp_out = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".out.tmp.ipynb", dir=workdir)
     os.close(fd_in)
     os.close(fd_out)
-    previous_env = os.environ.get(SCALE_ENV)
-    os.environ[SCALE_ENV] = scale
+    # the stored pages show results, not progress bars (a reader running the chapter sees them)
+    previous_env = {key: os.environ.get(key) for key in (SCALE_ENV, "TQDM_DISABLE")}
+    os.environ.update({SCALE_ENV: scale, "TQDM_DISABLE": "1"})
     start = time.perf_counter()
     try:
         nbformat.write(notebook, tmp_in)
@@ -461,10 +462,11 @@ def run_chapter(
         nbformat.write(executed, tmp_out)
         os.replace(tmp_out, path)
     finally:
-        if previous_env is None:
-            os.environ.pop(SCALE_ENV, None)
-        else:
-            os.environ[SCALE_ENV] = previous_env
+        for key, value in previous_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
         for leftover in (tmp_in, tmp_out):
             if os.path.exists(leftover):
                 os.remove(leftover)
