@@ -87,6 +87,7 @@ from torch import nn  # noqa: E402
 
 from stabilitylab import lipschitz  # noqa: E402
 from stabilitylab.spectral import conv_operator_matrix  # noqa: E402
+from stabilitylab.testing import scramble_parameters  # noqa: E402
 
 F64 = torch.float64
 
@@ -127,11 +128,7 @@ def _make(name, dtype=F64, seed=0):
 
 
 def _scramble(layer, scale, seed):
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in layer.parameters():
-            p.mul_(scale).add_(torch.randn(p.shape, generator=gen, dtype=p.dtype))
-    return layer
+    return scramble_parameters(layer, scale=scale, generator=torch.Generator().manual_seed(seed))
 
 
 def _jacobian(layer, x):

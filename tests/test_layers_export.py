@@ -8,6 +8,7 @@ from torch import nn
 
 from stabilitylab import layers, lipschitz
 from stabilitylab.layers.orthogonal import BROConv2d, BROLinear, CayleyConv2d, CayleyLinear, SOCConv2d
+from stabilitylab.testing import scramble_parameters
 
 F64 = torch.float64
 
@@ -40,10 +41,7 @@ def _scrambled(name, dtype, seed=0):
     torch.manual_seed(seed)
     factory, shape = EXPORTABLE[name]
     layer = factory().to(dtype)
-    with torch.no_grad():
-        for p in layer.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    return layer, shape
+    return scramble_parameters(layer, noise=0.1), shape
 
 
 @pytest.mark.parametrize("dtype, atol", [(torch.float32, 1e-6), (F64, 1e-10)])

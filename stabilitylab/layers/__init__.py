@@ -16,6 +16,15 @@ modules for inference.
 * pooling: :class:`ScaledAvgPool2d`, :class:`L2NormPool2d`, :class:`GlobalL2NormPool2d`,
   :class:`InvertibleDownsampling`;
 * last layer: :class:`LLNLinear`.
+
+Tracing. Every layer works under ``torch.compile(layer, fullgraph=True)``, ``torch.export.export``
+and on ``meta`` tensors: iterative bounds take fixed iteration counts (``n_iter``), evaluation
+caches are bypassed while traced, and the forward reads no tensor value on the host (no
+device-to-host sync in training). Input shapes are checked (a ``ValueError`` naming ``x`` and the
+expected shape), which traces too. NaN/Inf parameters are refused (``ValueError`` naming the
+parameter) by each layer's ``check_parameters()``, which ``export_module()`` (so :func:`export`)
+and an untraced evaluation-mode forward call; a training-mode or traced forward does not check
+values (a NaN parameter then gives NaN outputs).
 """
 
 from stabilitylab.layers.activations import GroupSort, MaxMin

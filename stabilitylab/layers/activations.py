@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from stabilitylab._checks import check_int
+
 __all__ = ["GroupSort", "MaxMin"]
 
 
@@ -22,22 +24,23 @@ class GroupSort(nn.Module):
         group_size: channels per group (>= 2).
 
     Raises:
-        ValueError: ``group_size`` < 2, or (at call time) a channel count it does not divide.
+        TypeError or ValueError: ``group_size`` not an int >= 2, or (at call time) an input
+            without a channel dimension or with a channel count it does not divide.
     """
 
     lipschitz_constant = 1.0
 
     def __init__(self, group_size: int = 2) -> None:
         super().__init__()
-        if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 2:
-            raise ValueError(f"group_size must be an int >= 2, got {group_size!r}")
-        self.group_size = group_size
+        self.group_size = check_int(group_size, "group_size", 2)
 
     def forward(self, x: Tensor) -> Tensor:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"GroupSort: x must be a torch.Tensor, got {type(x).__name__}")
         if x.ndim < 2 or x.shape[1] % self.group_size:
             raise ValueError(
-                f"GroupSort({self.group_size}) needs inputs (N, C, ...) with C divisible by "
-                f"{self.group_size}, got shape {tuple(x.shape)}"
+                f"GroupSort({self.group_size}): x must have shape (N, C, ...) with C divisible by "
+                f"{self.group_size}, got {tuple(x.shape)}"
             )
         n, c = x.shape[:2]
         grouped = x.reshape(n, c // self.group_size, self.group_size, *x.shape[2:])

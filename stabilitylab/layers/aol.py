@@ -28,14 +28,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from stabilitylab.layers.dense import (
-    _check_int,
+from stabilitylab import spectral
+from stabilitylab._checks import check_int, check_pair
+from stabilitylab.layers._common import (
+    _check_bool,
+    _check_features,
+    _check_image,
     _check_padding_mode,
     _conv_with,
     _linear_with,
     _pad_input,
-    _pair,
+    _Validated,
 )
+from stabilitylab.spectral import _autocorrelation
 
 __all__ = ["AOLLinear", "AOLConv2d", "aol_scaling", "kernel_autocorrelation"]
 
@@ -61,13 +66,10 @@ def aol_scaling(gram: Tensor) -> Tensor:
     return scale.to(gram.dtype)
 
 
-def kernel_autocorrelation(kernel: Tensor) -> Tensor:
-    r"""The kernel of the Gram operator of a convolution: for ``kernel`` ``(c_out, c_in, kh, kw)``
-    (cross-correlation, as ``nn.Conv2d``), :math:`A_{ij}[\delta] = \sum_{o,p} K_{oi}[p]
-    K_{oj}[p + \delta]`, shape ``(c_in, c_in, 2 kh - 1, 2 kw - 1)``, offset 0 at the centre."""
-    kh, kw = kernel.shape[-2:]
-    by_input = kernel.transpose(0, 1)  # (c_in, c_out, kh, kw): batch i, channels o
-    return F.conv2d(by_input, by_input, padding=(kh - 1, kw - 1)).transpose(0, 1)
+#: The kernel of the Gram operator of a convolution (``(c_out, c_in, kh, kw)`` ->
+#: ``(c_in, c_in, 2 kh - 1, 2 kw - 1)``): :func:`stabilitylab.spectral.kernel_autocorrelation`,
+#: re-exported here; the layers' forward calls its unchecked form (no value check: traceable).
+kernel_autocorrelation = spectral.kernel_autocorrelation
 
 
 def _unit_peak(weight: Tensor) -> Tensor:
@@ -78,7 +80,7 @@ def _unit_peak(weight: Tensor) -> Tensor:
     return weight / torch.where(peak > 0, peak, torch.ones_like(peak))
 
 
-class AOLLinear(nn.Linear):
+class AOLLinear(_Validated, nn.Linear):
     r"""Almost-orthogonal linear layer [prach2022almost]: :math:`x \mapsto W D x + b`.
 
     :math:`W` is the trainable weight and :math:`D = \operatorname{diag}
@@ -90,14 +92,22 @@ class AOLLinear(nn.Linear):
     Shapes: ``(*, in_features) -> (*, out_features)``.
 
     Args:
-        in_features, out_features, bias, device, dtype: as :class:`torch.nn.Linear`.
+        in_features, out_features: sizes (ints >= 1).
+        bias: learn an additive bias (a bool).
+        device, dtype: as :class:`torch.nn.Linear`.
+
+    Raises:
+        TypeError or ValueError: a bad size or ``bias``; at call time an input whose last
+            dimension is not ``in_features``; in evaluation mode (untraced), non-finite
+            parameters.
     """
 
     lipschitz_constant = 1.0
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, device=None, dtype=None) -> None:
-        _check_int(in_features, "in_features", 1)
-        _check_int(out_features, "out_features", 1)
+        check_int(in_features, "in_features", 1)
+        check_int(out_features, "out_features", 1)
+        _check_bool(bias, "bias")
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         nn.init.orthogonal_(self.weight)
         if self.bias is not None:
@@ -109,34 +119,45 @@ class AOLLinear(nn.Linear):
         return W * aol_scaling(W.mT @ W)
 
     def forward(self, x: Tensor) -> Tensor:
+        _check_features(x, self.in_features, type(self).__name__)
+        self._validate_eval(x)
         return F.linear(x, self.normalized_weight(), self.bias)
 
     @torch.no_grad()
     def export_module(self) -> nn.Linear:
-        """A plain ``nn.Linear`` with frozen copies of :math:`WD` and the bias."""
+        """A plain ``nn.Linear`` with frozen copies of :math:`WD` and the bias.
+
+        Raises:
+            ValueError: non-finite parameters."""
+        self.check_parameters()
         return _linear_with(self.normalized_weight(), self.bias)
 
 
-class AOLConv2d(nn.Conv2d):
+class AOLConv2d(_Validated, nn.Conv2d):
     r"""Almost-orthogonal convolution [prach2022almost]: the kernel rescaled per input channel.
 
     The kernel applied is :math:`K_{:, i} d_i` with
     :math:`d_i = (\sum_{j, \delta} |K^\top \star K|_{ij}[\delta])^{-1/2}` (see
-    ``kernel_autocorrelation``), which bounds the norm of the convolution operator by 1 for
-    zero and circular padding, any stride and any image size (module docstring), so the layer
-    is 1-Lipschitz and its exported ``nn.Conv2d`` is valid on every size.
+    :func:`stabilitylab.spectral.kernel_autocorrelation`), which bounds the norm of the
+    convolution operator by 1 for zero and circular padding, any stride and any image size
+    (module docstring), so the layer is 1-Lipschitz and its exported ``nn.Conv2d`` is valid on
+    every size.
 
     Shapes: ``(N, in_channels, H, W) -> (N, out_channels, H', W')`` as ``nn.Conv2d``.
 
     Args:
-        in_channels, out_channels, kernel_size, stride, bias: as :class:`torch.nn.Conv2d`.
+        in_channels, out_channels: channel counts (ints >= 1).
+        kernel_size, stride: int or pair of ints >= 1.
         padding: int or pair; None (the default): ``kernel_size // 2``. With circular padding
             at most ``(kernel_size - 1) // 2`` (more would repeat output rows).
+        bias: learn an additive bias (a bool).
         padding_mode: ``"zeros"`` or ``"circular"``.
         device, dtype: as :class:`torch.nn.Conv2d`.
 
     Raises:
-        ValueError: bad sizes, padding or padding mode.
+        TypeError or ValueError: bad sizes, padding, padding mode or ``bias``, naming the
+            argument; at call time an input of the wrong shape or an image smaller than the
+            kernel; in evaluation mode (untraced), non-finite parameters.
     """
 
     lipschitz_constant = 1.0
@@ -154,12 +175,13 @@ class AOLConv2d(nn.Conv2d):
         device=None,
         dtype=None,
     ) -> None:
-        _check_int(in_channels, "in_channels", 1)
-        _check_int(out_channels, "out_channels", 1)
-        kernel_size = _pair(kernel_size, "kernel_size", 1)
-        stride = _pair(stride, "stride", 1)
+        check_int(in_channels, "in_channels", 1)
+        check_int(out_channels, "out_channels", 1)
+        kernel_size = check_pair(kernel_size, "kernel_size", 1)
+        stride = check_pair(stride, "stride", 1)
+        _check_bool(bias, "bias")
         padding_mode = _check_padding_mode(padding_mode)
-        pad = (kernel_size[0] // 2, kernel_size[1] // 2) if padding is None else _pair(padding, "padding", 0)
+        pad = (kernel_size[0] // 2, kernel_size[1] // 2) if padding is None else check_pair(padding, "padding", 0)
         if padding_mode == "circular" and (2 * pad[0] > kernel_size[0] - 1 or 2 * pad[1] > kernel_size[1] - 1):
             raise ValueError(
                 f"circular padding must be at most (kernel_size - 1) // 2 = "
@@ -181,14 +203,26 @@ class AOLConv2d(nn.Conv2d):
     def normalized_weight(self) -> Tensor:
         """The kernel applied, ``(out_channels, in_channels, kh, kw)``."""
         kernel = _unit_peak(self.weight)
-        scale = aol_scaling(kernel_autocorrelation(kernel))
+        scale = aol_scaling(_autocorrelation(kernel))
         return kernel * scale[None, :, None, None]
 
     def forward(self, x: Tensor) -> Tensor:
+        h, w = _check_image(x, self.in_channels, type(self).__name__)
+        (kh, kw), (ph, pw) = self.kernel_size, self.padding
+        if h + 2 * ph < kh or w + 2 * pw < kw:
+            raise ValueError(
+                f"{type(self).__name__}: x of image size {(h, w)} is smaller than the kernel {self.kernel_size} "
+                f"with padding {self.padding}"
+            )
+        self._validate_eval(x)
         x, pad = _pad_input(x, self.padding, self.padding_mode)
         return F.conv2d(x, self.normalized_weight(), self.bias, self.stride, pad)
 
     @torch.no_grad()
     def export_module(self) -> nn.Conv2d:
-        """A plain ``nn.Conv2d`` (same geometry) with frozen copies of the rescaled kernel."""
+        """A plain ``nn.Conv2d`` (same geometry) with frozen copies of the rescaled kernel.
+
+        Raises:
+            ValueError: non-finite parameters."""
+        self.check_parameters()
         return _conv_with(self, self.normalized_weight())

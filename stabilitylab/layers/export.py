@@ -64,8 +64,8 @@ def export(model: nn.Module) -> nn.Module:
 
     Raises:
         TypeError: ``model`` is not an ``nn.Module``.
-        ValueError: a layer cannot be exported (e.g. a size-dependent layer never called),
-            naming it.
+        ValueError: a layer cannot be exported (a size-dependent layer never called, NaN or Inf
+            parameters: each layer's ``check_parameters()`` runs first), naming it.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")

@@ -9,12 +9,13 @@ import math
 import torch
 from torch import Tensor, nn
 
-from stabilitylab.layers.dense import _check_int
+from stabilitylab._checks import check_int
+from stabilitylab.layers._common import _Validated
 
 __all__ = ["Householder"]
 
 
-class Householder(nn.Module):
+class Householder(_Validated, nn.Module):
     r"""Householder activation on channel groups [singla2022improved].
 
     The channels are split into groups :math:`z \in \mathbb{R}^g` of ``group_size`` consecutive
@@ -42,15 +43,16 @@ class Householder(nn.Module):
         device, dtype: of the parameter.
 
     Raises:
-        ValueError: bad sizes; inputs whose channel dimension is not ``channels``.
+        TypeError or ValueError: bad sizes; inputs whose channel dimension is not ``channels``;
+            in evaluation mode (untraced), non-finite parameters.
     """
 
     lipschitz_constant = 1.0
 
     def __init__(self, channels: int, group_size: int = 2, *, device=None, dtype=None) -> None:
         super().__init__()
-        _check_int(channels, "channels", 1)
-        _check_int(group_size, "group_size", 2)
+        check_int(channels, "channels", 1)
+        check_int(group_size, "group_size", 2)
         if channels % group_size:
             raise ValueError(f"channels must be divisible by group_size={group_size}, got {channels!r}")
         self.channels, self.group_size = channels, group_size
@@ -64,8 +66,11 @@ class Householder(nn.Module):
         return self.v / norms.clamp_min(torch.finfo(norms.dtype).tiny)
 
     def forward(self, x: Tensor) -> Tensor:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"Householder: x must be a torch.Tensor, got {type(x).__name__}")
         if x.ndim < 2 or x.shape[1] != self.channels:
-            raise ValueError(f"Householder expects inputs (N, {self.channels}, *), got shape {tuple(x.shape)}")
+            raise ValueError(f"Householder: x must have shape (N, {self.channels}, *), got {tuple(x.shape)}")
+        self._validate_eval(x)
         groups = x.reshape(x.shape[0], -1, self.group_size, *x.shape[2:])
         v = self.unit_vectors().reshape(1, *self.v.shape, *(1,) * (x.ndim - 2))
         s = (groups * v).sum(dim=2, keepdim=True)
@@ -74,7 +79,11 @@ class Householder(nn.Module):
     @torch.no_grad()
     def export_module(self) -> Householder:
         """A frozen copy holding the unit vectors (the activation has no plain torch equivalent;
-        it is already cheap)."""
+        it is already cheap).
+
+        Raises:
+            ValueError: non-finite parameters."""
+        self.check_parameters()
         clone = copy.deepcopy(self)
         clone.v = nn.Parameter(self.unit_vectors().detach().clone(), requires_grad=False)
         return clone

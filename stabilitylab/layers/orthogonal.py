@@ -25,7 +25,9 @@ No layer keeps state between calls (no power iteration): outputs are the same in
 evaluation mode. The convolutions cache their per-frequency matrices only in evaluation mode
 without autograd, keyed on the weight's values (compared with a stored copy), dtype, device,
 the input size and the layer's settings, so any parameter update (including in-place ones
-through ``weight.data``, which the version counter misses) or a new input size recomputes them.
+through ``weight.data``, which the version counter misses) or a new input size recomputes them;
+the cache is bypassed while traced (``torch.compile``, ``torch.export``, ``meta`` tensors), where
+the operator is computed from the parameters in the graph, with fixed iteration counts.
 ``export_module()`` returns plain torch modules computing the same function (``nn.Linear``, a
 full-size circular ``nn.Conv2d``, or the fixed-weight :class:`TruncatedExpConv2d` for SOC).
 """
@@ -38,7 +40,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from stabilitylab.spectral import conv_spectral_norm
+from stabilitylab._checks import check_int, check_number, check_pair, check_positive
+from stabilitylab.layers._bounds import conv_bound
+from stabilitylab.layers._common import _check_bool, _check_features, _check_image, _tracing, _Validated
 
 __all__ = [
     "CayleyLinear",
@@ -53,48 +57,15 @@ __all__ = [
 # ----------------------------------------------------------------------------- argument checks
 
 
-def _positive_int(value, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
-
-
-def _kernel_pair(kernel_size) -> tuple[int, int]:
-    if isinstance(kernel_size, int) and not isinstance(kernel_size, bool):
-        kernel_size = (kernel_size, kernel_size)
-    if (
-        not isinstance(kernel_size, (tuple, list))
-        or len(kernel_size) != 2
-        or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in kernel_size)
-    ):
-        raise ValueError(f"kernel_size must be an int >= 1 or a pair of them, got {kernel_size!r}")
-    return (kernel_size[0], kernel_size[1])
-
-
-def _size_pair(input_size) -> tuple[int, int]:
-    if isinstance(input_size, int) and not isinstance(input_size, bool):
-        input_size = (input_size, input_size)
-    if (
-        not isinstance(input_size, (tuple, list, torch.Size))
-        or len(input_size) != 2
-        or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in input_size)
-    ):
-        raise ValueError(f"input_size must be an int >= 1 or a pair (h, w) of them, got {input_size!r}")
-    return (int(input_size[0]), int(input_size[1]))
-
-
 def _check_eps(eps) -> float | None:
-    if eps is None:
-        return None
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
-        raise ValueError(f"eps must be a finite float > 0 or None, got {eps!r}")
-    return float(eps)
+    return None if eps is None else check_positive(eps, "eps")
 
 
 def _check_rank(rank, n: int) -> int:
     if rank is None:
         return max(1, n // 2)
-    if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= n:
+    rank = check_int(rank, "rank", 1)
+    if rank > n:
         raise ValueError(f"rank must be an int in [1, {n}] (n = max(in, out)), got {rank!r}")
     return rank
 
@@ -175,17 +146,16 @@ def _exp_tail(s: Tensor, n_terms: int, s_max: float) -> Tensor:
 # ----------------------------------------------------------------------------- dense layers
 
 
-class _OrthogonalLinear(nn.Module):
+class _OrthogonalLinear(_Validated, nn.Module):
     """Shared parts of the orthogonal dense layers: the bias, the forward, the export."""
 
     lipschitz_constant = 1.0
 
     def __init__(self, in_features: int, out_features: int, bias: bool, device, dtype) -> None:
         super().__init__()
-        self.in_features = _positive_int(in_features, "in_features")
-        self.out_features = _positive_int(out_features, "out_features")
-        if not isinstance(bias, bool):
-            raise TypeError(f"bias must be a bool, got {bias!r}")
+        self.in_features = check_int(in_features, "in_features")
+        self.out_features = check_int(out_features, "out_features")
+        _check_bool(bias, "bias")
         self.size = max(in_features, out_features)
         factory = {"device": device, "dtype": dtype}
         if bias:
@@ -203,15 +173,17 @@ class _OrthogonalLinear(nn.Module):
         return self._square()[: self.out_features, : self.in_features]
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.ndim < 1 or x.shape[-1] != self.in_features:
-            raise ValueError(
-                f"{type(self).__name__} expects inputs (..., {self.in_features}), got shape {tuple(x.shape)}"
-            )
+        _check_features(x, self.in_features, type(self).__name__)
+        self._validate_eval(x)
         return F.linear(x, self.orthogonal_weight(), self.bias)
 
     def export_module(self) -> nn.Linear:
         """An ``nn.Linear`` holding a frozen copy of :meth:`orthogonal_weight` (and the bias):
-        the same function without the orthogonalization at every call."""
+        the same function without the orthogonalization at every call.
+
+        Raises:
+            ValueError: non-finite parameters."""
+        self.check_parameters()
         weight = self.orthogonal_weight().detach()
         linear = nn.Linear(
             self.in_features, self.out_features, bias=self.bias is not None, device=weight.device, dtype=weight.dtype
@@ -333,7 +305,7 @@ class BROLinear(_OrthogonalLinear):
 # ----------------------------------------------------------------------------- convolutions
 
 
-class _OrthogonalConv(nn.Module):
+class _OrthogonalConv(_Validated, nn.Module):
     """Shared parts of the orthogonal convolutions: argument checks, invertible downsampling,
     channel padding and slicing, bias, the evaluation-mode cache, the input size for export."""
 
@@ -343,12 +315,11 @@ class _OrthogonalConv(nn.Module):
         self, in_channels: int, out_channels: int, kernel_size, stride: int, bias: bool, device, dtype
     ) -> None:
         super().__init__()
-        self.in_channels = _positive_int(in_channels, "in_channels")
-        self.out_channels = _positive_int(out_channels, "out_channels")
-        self.kernel_size = _kernel_pair(kernel_size)
-        self.stride = _positive_int(stride, "stride")
-        if not isinstance(bias, bool):
-            raise TypeError(f"bias must be a bool, got {bias!r}")
+        self.in_channels = check_int(in_channels, "in_channels")
+        self.out_channels = check_int(out_channels, "out_channels")
+        self.kernel_size = check_pair(kernel_size, "kernel_size", 1)
+        self.stride = check_int(stride, "stride")
+        _check_bool(bias, "bias")
         #: channels after the space-to-depth downsampling
         self.downsampled_channels = in_channels * stride**2
         #: side of the square orthogonal operator per pixel / frequency
@@ -362,12 +333,15 @@ class _OrthogonalConv(nn.Module):
 
     # -- sizes
 
-    def _grid(self, input_size) -> tuple[int, int]:
-        """The image size after the downsampling, checked."""
-        h, w = _size_pair(input_size)
+    def _grid(self, input_size, name: str = "input_size") -> tuple[int, int]:
+        """The image size after the downsampling, checked (``name``: what to call the size in
+        errors, ``"x"`` for an input)."""
+        h, w = check_pair(input_size, name, 1)
         s = self.stride
         if h % s or w % s:
-            raise ValueError(f"input_size {(h, w)} must be divisible by the stride {s}")
+            raise ValueError(
+                f"{type(self).__name__}: {name} must have H and W divisible by the stride {s}, got the size {(h, w)}"
+            )
         return h // s, w // s
 
     def _export_size(self, input_size) -> tuple[int, int]:
@@ -378,23 +352,17 @@ class _OrthogonalConv(nn.Module):
                     "or run the layer on an input first"
                 )
             return self._last_input_size
-        return _size_pair(input_size)
+        return check_pair(input_size, "input_size", 1)
 
     # -- forward helpers
 
     def _prepare(self, x: Tensor) -> tuple[Tensor, bool]:
-        if not isinstance(x, Tensor):
-            raise TypeError(f"x must be a tensor, got {type(x).__name__}")
+        size = _check_image(x, self.in_channels, type(self).__name__)
+        self._check_grid(self._grid(size, "x"))
+        self._validate_eval(x)
         unbatched = x.ndim == 3
         if unbatched:
             x = x.unsqueeze(0)
-        if x.ndim != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"{type(self).__name__} expects inputs (N, {self.in_channels}, H, W) or "
-                f"({self.in_channels}, H, W), got shape {tuple(x.shape) if not unbatched else tuple(x.shape[1:])}"
-            )
-        size = (x.shape[-2], x.shape[-1])
-        self._grid(size)
         self._last_input_size = size
         if self.stride > 1:
             x = F.pixel_unshuffle(x, self.stride)
@@ -411,18 +379,24 @@ class _OrthogonalConv(nn.Module):
 
     def _cache_key(self, grid: tuple[int, int]) -> tuple:
         """Everything besides the weight's values that the cached tensors depend on."""
-        settings = tuple(getattr(self, name, None) for name in ("eps", "max_norm", "n_terms", "padding", "rank"))
+        settings = tuple(getattr(self, name, None) for name in ("eps", "max_norm", "n_terms", "n_iter", "padding", "rank"))
         return (tuple(grid), self.kernel_size, self.stride, self.in_channels, self.out_channels, settings)
 
+    def _check_grid(self, grid: tuple[int, int]) -> None:
+        """Conditions on the (downsampled) image size; none by default."""
+
     def _cached(self, grid: tuple[int, int], compute):
-        """compute() in training mode or with autograd on; otherwise its cached value, recomputed
+        """compute() in training mode, with autograd on, or while traced (``torch.compile``,
+        ``torch.export``, ``meta`` tensors: the comparison below reads values, and a traced graph
+        must compute the operator from its inputs); otherwise its cached value, recomputed
         unless the weight has the same dtype, device, shape and *values* as when it was cached
         (compared entry by entry with a stored copy, which costs one pass over the weight) and
         the grid and settings are the same. Comparing values rather than the version counter
         catches every way of changing a parameter: optimizer steps, ``load_state_dict``,
         ``.to()``, and in-place updates through ``weight.data``, which bypass the counter."""
-        if self.training or torch.is_grad_enabled():
-            self._cache = None
+        if self.training or torch.is_grad_enabled() or _tracing(self.weight):
+            if not _tracing(self.weight):
+                self._cache = None
             return compute()
         w = self.weight.detach()
         key = self._cache_key(grid)
@@ -459,8 +433,8 @@ class _FourierConv(_OrthogonalConv):
         kh, kw = self.kernel_size
         if kh > grid[0] or kw > grid[1]:
             raise ValueError(
-                f"the (downsampled) input size {grid} is smaller than the kernel {self.kernel_size}: "
-                "the circular convolution would wrap the kernel around itself"
+                f"{type(self).__name__}: the (downsampled) size {grid} of x is smaller than the kernel "
+                f"{self.kernel_size}: the circular convolution would wrap the kernel around itself"
             )
 
     def _kernel_spectrum(self, grid: tuple[int, int]) -> Tensor:
@@ -484,6 +458,7 @@ class _FourierConv(_OrthogonalConv):
         input size, stored in the conv's ``exported_input_size`` attribute: the operator
         depends on the size of the circle it convolves on.
         """
+        self.check_parameters()
         h, w = self._export_size(input_size)
         grid = self._grid((h, w))
         with torch.no_grad():
@@ -720,10 +695,10 @@ class SOCConv2d(_OrthogonalConv):
     :math:`T_K(L)\,x = \sum_{j=0}^{K} L^j x / j!` (K convolutions), with two safeguards:
 
     * **Rescaling**, computed at every call since it depends on the input size :math:`h \times
-      w`: :math:`\hat s \ge \|\mathrm{conv}_S\|_2` is the certified Gram-iteration bound of
-      :func:`stabilitylab.spectral.conv_spectral_norm` on that size [delattre2024spectral]
-      (for zero padding, the bound of a circular convolution on a larger grid that contains
-      it), and :math:`S` is replaced by :math:`S \cdot \min(1, \rho / \hat s)`, :math:`\rho` =
+      w`: :math:`\hat s \ge \|\mathrm{conv}_S\|_2` is the certified Gram-iteration bound
+      (``n_iter`` fixed steps, as :class:`~stabilitylab.layers.SpectralConv2d`) on that size
+      [delattre2024spectral] (for zero padding, the bound of a circular convolution on a
+      larger grid that contains it), and :math:`S` is replaced by :math:`S \cdot \min(1, \rho / \hat s)`, :math:`\rho` =
       ``max_norm``, so that :math:`\|L\|_2 \le s := \min(\hat s, \rho)`. Differentiable.
     * **Truncation**: :math:`T_K(L) = \exp(L) - R_K` with
       :math:`\|R_K\| \le \sum_{j>K} \|L\|^j/j! \le \tau := \sum_{j>K} s^j/j!`, so the singular
@@ -750,11 +725,15 @@ class SOCConv2d(_OrthogonalConv):
         max_norm: :math:`\rho \in (0, 8]`, the largest :math:`\|L\|_2` allowed (the largest
             rotation angle of the exponential; beyond a few radians the truncated series is
             poor anyway).
+        n_iter: Gram steps of the bound :math:`\hat s` (>= 1, fixed, so the layer traces; the
+            bound of :class:`~stabilitylab.layers.SpectralConv2d`).
 
     Raises:
-        ValueError: bad sizes, even kernels, an unknown padding, ``n_terms`` < 1, ``max_norm``
-            not a positive finite number; at call time a channel count or an image size the
-            stride does not divide.
+        TypeError or ValueError: bad sizes, even kernels, an unknown padding, ``n_terms`` or
+            ``n_iter`` < 1, ``max_norm`` not a number in (0, 8], naming the argument; at call
+            time an input of the wrong shape (channel count, an image size the stride does not
+            divide or, circular, smaller than the kernel); in evaluation mode (untraced),
+            non-finite parameters.
     """
 
     def __init__(
@@ -768,6 +747,7 @@ class SOCConv2d(_OrthogonalConv):
         *,
         n_terms: int = 10,
         max_norm: float = 1.0,
+        n_iter: int = 6,
         device=None,
         dtype=None,
     ) -> None:
@@ -784,15 +764,11 @@ class SOCConv2d(_OrthogonalConv):
         if padding not in _SOC_PADDINGS:
             raise ValueError(f"padding must be one of {_SOC_PADDINGS} or kernel_size // 2, got {padding!r}")
         self.padding = "circular" if padding == "circular" else "same"
-        self.n_terms = _positive_int(n_terms, "n_terms")
-        if (
-            isinstance(max_norm, bool)
-            or not isinstance(max_norm, (int, float))
-            or not math.isfinite(max_norm)
-            or not 0 < max_norm <= 8
-        ):
+        self.n_terms = check_int(n_terms, "n_terms")
+        self.max_norm = check_number(max_norm, "max_norm", minimum=0.0, maximum=8.0)
+        if self.max_norm <= 0:
             raise ValueError(f"max_norm must be a number in (0, 8], got {max_norm!r}")
-        self.max_norm = float(max_norm)
+        self.n_iter = check_int(n_iter, "n_iter")
         n = self.channels
         self.weight = nn.Parameter(torch.empty(n, n, kh, kw, device=device, dtype=dtype))
         nn.init.normal_(self.weight, std=1 / math.sqrt(n * kh * kw))
@@ -804,17 +780,20 @@ class SOCConv2d(_OrthogonalConv):
         truncation bound :math:`\tau` (0-dim tensors)."""
         return self._normalized(self._grid(input_size))
 
-    def _normalized(self, grid: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
+    def _check_grid(self, grid: tuple[int, int]) -> None:
         if self.padding == "circular" and (self.kernel_size[0] > grid[0] or self.kernel_size[1] > grid[1]):
             raise ValueError(
-                f"the (downsampled) input size {grid} is smaller than the kernel {self.kernel_size}: "
-                "a circular convolution would wrap the kernel around itself"
+                f"{type(self).__name__}: the (downsampled) size {grid} of x is smaller than the kernel "
+                f"{self.kernel_size}: a circular convolution would wrap the kernel around itself"
             )
+
+    def _normalized(self, grid: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
+        self._check_grid(grid)
         S = _skew_kernel(self.weight)
-        padding = "circular" if self.padding == "circular" else "zeros"
-        bound = conv_spectral_norm(S, grid, padding=padding, method="gram")
-        rho = torch.as_tensor(self.max_norm, dtype=bound.dtype, device=bound.device)
-        factor = rho / torch.maximum(bound, rho)
+        kh, kw = self.kernel_size
+        mode = "circular" if self.padding == "circular" else "zeros"
+        bound = conv_bound(S, grid, padding_mode=mode, padding=(kh // 2, kw // 2), stride=(1, 1), n_iter=self.n_iter)
+        factor = self.max_norm / bound.clamp_min(self.max_norm)  # a Python scalar: no host-to-device copy
         s = bound * factor  # = min(bound, rho) >= ||L||
         return S * factor, s, _exp_tail(s.detach(), self.n_terms, self.max_norm)
 
@@ -833,7 +812,11 @@ class SOCConv2d(_OrthogonalConv):
         """A :class:`TruncatedExpConv2d` with frozen copies of the rescaled kernel, the
         truncation factor and the bias: the same truncated series, the same outputs, for inputs of
         size ``input_size`` (default: the size of the last input the layer saw; the rescaling
-        depends on it, so the exported module rejects other sizes)."""
+        depends on it, so the exported module rejects other sizes).
+
+        Raises:
+            ValueError: no size known, or non-finite parameters."""
+        self.check_parameters()
         h, w = self._export_size(input_size)
         grid = self._grid((h, w))
         with torch.no_grad():
@@ -853,7 +836,7 @@ class SOCConv2d(_OrthogonalConv):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + (
-            f", padding={self.padding}, n_terms={self.n_terms}, max_norm={self.max_norm}"
+            f", padding={self.padding}, n_terms={self.n_terms}, max_norm={self.max_norm}, n_iter={self.n_iter}"
         )
 
 
@@ -902,13 +885,15 @@ class TruncatedExpConv2d(nn.Module):
         self.input_size = tuple(input_size)
 
     def forward(self, x: Tensor) -> Tensor:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"TruncatedExpConv2d: x must be a torch.Tensor, got {type(x).__name__}")
         unbatched = x.ndim == 3
         if unbatched:
             x = x.unsqueeze(0)
         if x.ndim != 4 or x.shape[1] != self.in_channels or tuple(x.shape[-2:]) != self.input_size:
             raise ValueError(
                 f"TruncatedExpConv2d was exported for inputs (N, {self.in_channels}, {self.input_size[0]}, "
-                f"{self.input_size[1]}), got shape {tuple(x.shape)}"
+                f"{self.input_size[1]}): x must have that shape, got {tuple(x.shape) if not unbatched else tuple(x.shape[1:])}"
             )
         if self.stride > 1:
             x = F.pixel_unshuffle(x, self.stride)

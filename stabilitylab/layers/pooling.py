@@ -22,16 +22,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from stabilitylab.layers.dense import _check_int, _pair
+from stabilitylab._checks import check_int, check_pair
+from stabilitylab.layers._common import _check_bool, _check_image
 
 __all__ = ["ScaledAvgPool2d", "L2NormPool2d", "GlobalL2NormPool2d", "InvertibleDownsampling"]
 
 
 def _check_feature_map(x, name: str) -> Tensor:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name} expects a torch.Tensor, got {type(x).__name__}")
-    if x.ndim not in (3, 4):
-        raise ValueError(f"{name} expects inputs (N, C, H, W) or (C, H, W), got shape {tuple(x.shape)}")
+    _check_image(x, None, name)
     return x
 
 
@@ -43,13 +41,22 @@ class _WindowPool(nn.Module):
 
     def __init__(self, kernel_size, stride=None, padding=0) -> None:
         super().__init__()
-        self.kernel_size = _pair(kernel_size, "kernel_size", 1)
-        self.stride = self.kernel_size if stride is None else _pair(stride, "stride", 1)
-        self.padding = _pair(padding, "padding", 0)
+        self.kernel_size = check_pair(kernel_size, "kernel_size", 1)
+        self.stride = self.kernel_size if stride is None else check_pair(stride, "stride", 1)
+        self.padding = check_pair(padding, "padding", 0)
         if self.padding[0] > self.kernel_size[0] // 2 or self.padding[1] > self.kernel_size[1] // 2:
             raise ValueError(f"padding must be at most kernel_size // 2, got {padding!r}")
         #: The largest number of windows that contain one pixel: 1 without overlap.
         self.overlap = math.ceil(self.kernel_size[0] / self.stride[0]) * math.ceil(self.kernel_size[1] / self.stride[1])
+
+    def _check(self, x: Tensor) -> None:
+        h, w = _check_image(x, None, type(self).__name__)
+        (kh, kw), (ph, pw) = self.kernel_size, self.padding
+        if h + 2 * ph < kh or w + 2 * pw < kw:
+            raise ValueError(
+                f"{type(self).__name__}: x of image size {(h, w)} is smaller than the window {self.kernel_size} "
+                f"with padding {self.padding}"
+            )
 
     def _windows(self, x: Tensor) -> Tensor:
         """``(N, C, kh * kw, H', W')``: the zero-padded windows of ``x``."""
@@ -90,7 +97,7 @@ class ScaledAvgPool2d(_WindowPool):
     """
 
     def forward(self, x: Tensor) -> Tensor:
-        _check_feature_map(x, "ScaledAvgPool2d")
+        self._check(x)
         m = self.kernel_size[0] * self.kernel_size[1]
         mean = F.avg_pool2d(x, self.kernel_size, self.stride, self.padding, count_include_pad=True)
         return mean * math.sqrt(m / self.overlap)
@@ -114,7 +121,7 @@ class L2NormPool2d(_WindowPool):
     """
 
     def forward(self, x: Tensor) -> Tensor:
-        _check_feature_map(x, "L2NormPool2d")
+        self._check(x)
         return torch.linalg.vector_norm(self._windows(x), dim=-3) / math.sqrt(self.overlap)
 
 
@@ -130,9 +137,7 @@ class GlobalL2NormPool2d(nn.Module):
 
     def __init__(self, *, keepdim: bool = False) -> None:
         super().__init__()
-        if not isinstance(keepdim, bool):
-            raise TypeError(f"keepdim must be a bool, got {keepdim!r}")
-        self.keepdim = keepdim
+        self.keepdim = _check_bool(keepdim, "keepdim")
 
     def forward(self, x: Tensor) -> Tensor:
         _check_feature_map(x, "GlobalL2NormPool2d")
@@ -162,18 +167,25 @@ class InvertibleDownsampling(nn.Module):
 
     def __init__(self, factor: int = 2) -> None:
         super().__init__()
-        self.factor = _check_int(factor, "factor", 1)
+        self.factor = check_int(factor, "factor", 1)
 
     def forward(self, x: Tensor) -> Tensor:
         _check_feature_map(x, "InvertibleDownsampling")
         if x.shape[-1] % self.factor or x.shape[-2] % self.factor:
             raise ValueError(
-                f"InvertibleDownsampling({self.factor}) needs H and W divisible by {self.factor}, got shape {tuple(x.shape)}"
+                f"InvertibleDownsampling({self.factor}): x must have H and W divisible by {self.factor}, "
+                f"got shape {tuple(x.shape)}"
             )
         return F.pixel_unshuffle(x, self.factor)
 
     def inverse(self, y: Tensor) -> Tensor:
-        """Depth-to-space, the inverse (and adjoint) map."""
+        """Depth-to-space, the inverse (and adjoint) map: ``(N, C f^2, H, W) -> (N, C, H f, W f)``."""
+        _check_image(y, None, "InvertibleDownsampling.inverse")
+        if y.shape[-3] % self.factor**2:
+            raise ValueError(
+                f"InvertibleDownsampling({self.factor}).inverse: y must have a channel count divisible by "
+                f"{self.factor ** 2}, got shape {tuple(y.shape)}"
+            )
         return F.pixel_shuffle(y, self.factor)
 
     def extra_repr(self) -> str:

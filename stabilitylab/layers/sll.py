@@ -43,18 +43,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from stabilitylab.layers.aol import kernel_autocorrelation
-from stabilitylab.layers.dense import (
+from stabilitylab._checks import check_int, check_pair
+from stabilitylab.layers._bounds import conv_bound, gram_bound
+from stabilitylab.layers._common import (
+    _check_bool,
+    _check_features,
     _check_image,
-    _check_int,
     _check_padding_mode,
     _conv_with,
     _linear_with,
     _pad_input,
-    _pair,
     _SizeDependentBound,
+    _Validated,
 )
-from stabilitylab.spectral import conv_spectral_norm, gram_iteration
+from stabilitylab.layers.dense import _deprecated_tol
+from stabilitylab.spectral import _autocorrelation
 
 __all__ = ["SLLLinear", "SLLConv2d", "CPLLinear", "CPLConv2d", "ExportedResidual"]
 
@@ -89,11 +92,18 @@ class ExportedResidual(nn.Module):
         self.input_size = None if input_size is None else (int(input_size[0]), int(input_size[1]))
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.input_size is not None and (x.ndim < 3 or tuple(x.shape[-2:]) != self.input_size):
+        if not isinstance(x, Tensor):
+            raise TypeError(f"ExportedResidual: x must be a torch.Tensor, got {type(x).__name__}")
+        if self.input_size is not None and (x.ndim not in (3, 4) or tuple(x.shape[-2:]) != self.input_size):
             raise ValueError(
                 f"this ExportedResidual was exported for images of size {self.input_size} (its "
-                f"1-Lipschitz scaling depends on the size), got an input of shape {tuple(x.shape)}"
+                f"1-Lipschitz scaling depends on the size): x must have shape (N, C, {self.input_size[0]}, "
+                f"{self.input_size[1]}), got {tuple(x.shape)}"
             )
+        if isinstance(self.inner, nn.Linear):
+            _check_features(x, self.inner.in_features, "ExportedResidual")
+        elif isinstance(self.inner, nn.Conv2d):
+            _check_image(x, self.inner.in_channels, "ExportedResidual")
         return x - self.outer(F.relu(self.inner(x)))
 
     def extra_repr(self) -> str:
@@ -101,12 +111,12 @@ class ExportedResidual(nn.Module):
 
 
 def _check_residual_sizes(size: int, out, name: str, inner, inner_name: str) -> int:
-    _check_int(size, f"in_{name}", 1)
-    if out is not None and out != size:
+    check_int(size, f"in_{name}", 1)
+    if out is not None and (isinstance(out, bool) or out != size):
         raise ValueError(
             f"out_{name} must equal in_{name} ({size}) for a residual layer x - g(x), got {out!r}"
         )
-    return size if inner is None else _check_int(inner, inner_name, 1)
+    return size if inner is None else check_int(inner, inner_name, 1)
 
 
 def _safe_inverse(t: Tensor) -> Tensor:
@@ -130,7 +140,7 @@ def _sll_inverse_t(gram_abs: Tensor, log_q: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------- dense
 
 
-class _ResidualLinear(nn.Module):
+class _ResidualLinear(_Validated, nn.Module):
     """Shared parameters and forward of SLLLinear and CPLLinear: ``weight`` ``(k, n)`` is
     :math:`W^\\top`, ``bias`` ``(k,)``."""
 
@@ -139,6 +149,7 @@ class _ResidualLinear(nn.Module):
     def __init__(self, in_features, out_features, bias, inner_features, device, dtype) -> None:
         super().__init__()
         inner = _check_residual_sizes(in_features, out_features, "features", inner_features, "inner_features")
+        _check_bool(bias, "bias")
         self.in_features = self.out_features = in_features
         self.inner_features = inner
         factory = dict(device=device, dtype=dtype)
@@ -152,15 +163,19 @@ class _ResidualLinear(nn.Module):
         raise NotImplementedError
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.shape[-1] != self.in_features:
-            raise ValueError(f"{type(self).__name__} expects inputs (*, {self.in_features}), got shape {tuple(x.shape)}")
+        _check_features(x, self.in_features, type(self).__name__)
+        self._validate_eval(x)
         z = F.relu(F.linear(x, self.weight, self.bias)) * self.inverse_t()
         return x - 2 * z @ self.weight
 
     @torch.no_grad()
     def export_module(self) -> ExportedResidual:
         """:class:`ExportedResidual` of two frozen ``nn.Linear``: ``(n -> k)`` with the bias and
-        ``(k -> n)`` holding :math:`2 W T^{-1}`."""
+        ``(k -> n)`` holding :math:`2 W T^{-1}`.
+
+        Raises:
+            ValueError: non-finite parameters."""
+        self.check_parameters()
         outer = (2 * self.weight * self.inverse_t()[:, None]).mT
         return ExportedResidual(_linear_with(self.weight, self.bias), _linear_with(outer, None))
 
@@ -220,10 +235,11 @@ class CPLLinear(_ResidualLinear):
 
     Args:
         in_features, out_features, bias, inner_features, device, dtype: as :class:`SLLLinear`.
-        n_iter: Gram steps of the bound (>= 1).
+        n_iter: Gram steps of the bound (>= 1, fixed: traceable).
 
     Raises:
-        ValueError: sizes < 1, ``out_features != in_features``, ``n_iter`` < 1.
+        TypeError or ValueError: sizes < 1, ``out_features != in_features``, ``n_iter`` < 1,
+            naming the argument.
     """
 
     def __init__(
@@ -238,18 +254,18 @@ class CPLLinear(_ResidualLinear):
         dtype=None,
     ) -> None:
         super().__init__(in_features, out_features, bias, inner_features, device, dtype)
-        self.n_iter = _check_int(n_iter, "n_iter", 1)
+        self.n_iter = check_int(n_iter, "n_iter", 1)
 
     def inverse_t(self) -> Tensor:
         r""":math:`1 / \hat\sigma^2`, repeated ``(inner_features,)``."""
-        bound = gram_iteration(self.weight, n_iter=self.n_iter)
+        bound = gram_bound(self.weight, self.n_iter)
         return _safe_inverse(bound.square()).expand(self.inner_features)
 
 
 # ----------------------------------------------------------------------------- convolutions
 
 
-class _ResidualConv2d(nn.Module):
+class _ResidualConv2d(_Validated, nn.Module):
     """Shared parameters and forward of SLLConv2d and CPLConv2d: ``weight`` ``(k, n, kh, kw)``
     is the kernel of :math:`W^\\top` (n channels to k inner channels)."""
 
@@ -259,13 +275,14 @@ class _ResidualConv2d(nn.Module):
                  padding_mode, device, dtype) -> None:
         super().__init__()
         inner = _check_residual_sizes(in_channels, out_channels, "channels", inner_channels, "inner_channels")
-        kernel_size = _pair(kernel_size, "kernel_size", 1)
+        kernel_size = check_pair(kernel_size, "kernel_size", 1)
         if kernel_size[0] % 2 == 0 or kernel_size[1] % 2 == 0:
             raise ValueError(f"kernel_size must be odd (same-size residual), got {kernel_size}")
-        if _pair(stride, "stride", 1) != (1, 1):
+        if check_pair(stride, "stride", 1) != (1, 1):
             raise ValueError(f"stride must be 1 for a residual layer x - g(x), got {stride!r}")
+        _check_bool(bias, "bias")
         same = (kernel_size[0] // 2, kernel_size[1] // 2)
-        if padding is not None and _pair(padding, "padding", 0) != same:
+        if padding is not None and check_pair(padding, "padding", 0) != same:
             raise ValueError(f"padding must be kernel_size // 2 = {same} (or None), got {padding!r}")
         self.padding_mode = _check_padding_mode(padding_mode)
         self.in_channels = self.out_channels = in_channels
@@ -290,7 +307,17 @@ class _ResidualConv2d(nn.Module):
         x, pad = _pad_input(x, self.padding, self.padding_mode)
         return F.conv2d(x, kernel, bias, 1, pad)
 
+    def _check_input(self, x: Tensor) -> tuple[int, int]:
+        size = _check_image(x, self.in_channels, type(self).__name__)
+        if self.padding_mode == "circular" and (size[0] < self.padding[0] or size[1] < self.padding[1]):
+            raise ValueError(
+                f"{type(self).__name__}: x of image size {size} is too small for circular padding {self.padding}"
+            )
+        return size
+
     def forward(self, x: Tensor) -> Tensor:
+        self._check_input(x)
+        self._validate_eval(x)
         t_inv = self.inverse_t(x)
         z = F.relu(self._conv(x, self.weight, self.bias)) * t_inv[:, None, None]
         return x - 2 * self._conv(z, self.adjoint_kernel(), None)
@@ -355,22 +382,27 @@ class SLLConv2d(_ResidualConv2d):
 
     def inverse_t(self, x: Tensor | None = None) -> Tensor:
         """:math:`T^{-1}`, shape ``(inner_channels,)`` (independent of the image size)."""
-        gram_abs = kernel_autocorrelation(self.adjoint_kernel()).abs().sum(dim=(-2, -1))
+        gram_abs = _autocorrelation(self.adjoint_kernel()).abs().sum(dim=(-2, -1))
         return _sll_inverse_t(gram_abs, self.log_q)
 
     @torch.no_grad()
     def export_module(self) -> ExportedResidual:
-        """:class:`ExportedResidual` of two frozen ``nn.Conv2d`` (valid on every image size)."""
+        """:class:`ExportedResidual` of two frozen ``nn.Conv2d`` (valid on every image size).
+
+        Raises:
+            ValueError: non-finite parameters."""
+        self.check_parameters()
         return self._export(self.inverse_t())
 
 
 class CPLConv2d(_SizeDependentBound, _ResidualConv2d):
     r"""Convex potential layer (CPL), convolutional [meunier2022dynamical]:
     :math:`h(x) = x - \frac{2}{\hat\sigma^2} K^\top \star \mathrm{ReLU}(K \star x + b)` with
-    :math:`\hat\sigma` the certified bound of
-    :func:`stabilitylab.spectral.conv_spectral_norm` for this padding and the size of the
-    images given (the norm of a convolution depends on both), recomputed at every call (no
-    power-iteration state). 1-Lipschitz for every kernel and bias (module docstring).
+    :math:`\hat\sigma` a certified Gram bound of the convolution for this padding and the size
+    of the images given (the norm of a convolution depends on both; the bound of
+    :class:`~stabilitylab.layers.SpectralConv2d`, ``n_iter`` fixed Gram steps, so the layer
+    traces), recomputed at every call (no power-iteration state). 1-Lipschitz for every kernel
+    and bias (module docstring).
 
     Shapes: ``(N, in_channels, H, W) -> (N, in_channels, H, W)``.
 
@@ -378,11 +410,12 @@ class CPLConv2d(_SizeDependentBound, _ResidualConv2d):
         in_channels, out_channels, kernel_size, stride, padding, bias: as :class:`SLLConv2d`.
         inner_channels, padding_mode, device, dtype: as :class:`SLLConv2d`.
         input_size: optional ``(H, W)``; when given, other sizes are rejected.
-        tol: relative certified gap of the bound's Gram iteration.
+        n_iter: Gram steps of the bound (>= 1).
+        tol: deprecated and ignored; use ``n_iter``.
 
     Raises:
-        ValueError: as :class:`SLLConv2d`; a bad ``tol``; an input of another size than
-            ``input_size``.
+        TypeError or ValueError: as :class:`SLLConv2d`; a bad ``n_iter`` or ``tol``; an input
+            of the wrong shape or of another size than ``input_size``.
     """
 
     def __init__(
@@ -397,21 +430,32 @@ class CPLConv2d(_SizeDependentBound, _ResidualConv2d):
         inner_channels: int | None = None,
         padding_mode: str = "zeros",
         input_size: int | tuple[int, int] | None = None,
-        tol: float = 1e-3,
+        n_iter: int = 6,
+        tol: float | None = None,
         device=None,
         dtype=None,
     ) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, bias, inner_channels,
                          padding_mode, device, dtype)
-        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 < tol < 1:
-            raise ValueError(f"tol must be a number in (0, 1), got {tol!r}")
-        self.tol = float(tol)
+        self.n_iter = check_int(n_iter, "n_iter", 1)
+        _deprecated_tol(tol, type(self).__name__)
         self._init_size(input_size)
 
+    def _check_size(self, size: tuple[int, int]) -> None:
+        (h, w), (kh, kw) = size, self.kernel_size
+        if self.padding_mode == "circular" and (kh > h or kw > w):
+            raise ValueError(
+                f"{type(self).__name__}: x (image size {size}) is smaller than the kernel {self.kernel_size}: "
+                "a circular convolution would wrap the kernel around itself"
+            )
+
     def bound(self, input_size: int | tuple[int, int]) -> Tensor:
-        """Certified bound of :math:`\\|K \\star\\|_2` on ``input_size`` images (0-dim)."""
-        padding = "circular" if self.padding_mode == "circular" else self.padding
-        return conv_spectral_norm(self.weight, input_size, padding=padding, method="gram", tol=self.tol)
+        """Certified bound of :math:`\\|K \\star\\|_2` on ``input_size`` images (0-dim): the one the
+        forward uses."""
+        size = check_pair(input_size, "input_size", 1)
+        self._check_size(size)
+        return conv_bound(self.weight, size, padding_mode=self.padding_mode, padding=self.padding,
+                          stride=(1, 1), n_iter=self.n_iter)
 
     def inverse_t(self, x: Tensor) -> Tensor:
         """:math:`1/\\hat\\sigma^2` for the size of ``x``, repeated ``(inner_channels,)``."""
@@ -425,8 +469,10 @@ class CPLConv2d(_SizeDependentBound, _ResidualConv2d):
         and rejects inputs of any other size (``ValueError``).
 
         Raises:
-            ValueError: no ``input_size`` was given and the layer was never called.
+            ValueError: no ``input_size`` was given and the layer was never called; non-finite
+                parameters.
         """
+        self.check_parameters()
         size = self._export_size()
         bound = self.bound(size)
         return self._export(_safe_inverse(bound.square()).expand(self.inner_channels), size)
