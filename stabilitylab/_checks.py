@@ -149,3 +149,34 @@ def check_progress(progress) -> bool:
     if not isinstance(progress, bool):
         raise TypeError(f"progress must be a bool or None, got {progress!r}")
     return progress
+
+
+def check_radii(eps, name: str = "eps") -> tuple[list[float], bool]:
+    """``(values, scalar)`` from one radius ``>= 0`` (a number or 0-d tensor) or a 1-D sequence of them.
+
+    ``scalar`` says whether a single number was given (functions return a float for it).
+    """
+    if not isinstance(eps, (Tensor, numbers.Real, str)) and hasattr(eps, "__array__"):
+        eps = torch.as_tensor(eps.__array__(), dtype=torch.float64)
+    if isinstance(eps, Tensor) and eps.ndim == 0 or isinstance(eps, numbers.Real) and not isinstance(eps, bool):
+        return [_radius(eps, name)], True
+    if isinstance(eps, Tensor):
+        if eps.ndim != 1:
+            raise ValueError(f"{name} must be a number or a 1-D sequence, got a tensor of shape {tuple(eps.shape)}")
+        return [_radius(v, name) for v in eps.tolist()], False
+    if isinstance(eps, Sequence) and not isinstance(eps, str):
+        return [_radius(v, name) for v in eps], False
+    raise TypeError(f"{name} must be a number or a sequence of numbers, got {type(eps).__name__}")
+
+
+def _radius(value, name: str) -> float:
+    if isinstance(value, Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{name} must hold scalars, got a tensor of shape {tuple(value.shape)}")
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must hold real numbers, got {value!r}")
+    value = float(value)
+    if math.isnan(value) or value < 0:
+        raise ValueError(f"{name} must hold radii >= 0, got {value!r}")
+    return value

@@ -60,6 +60,7 @@ from torch import Tensor
 
 from stabilitylab._checks import check_generator as _check_generator
 from stabilitylab._checks import check_progress as _check_progress
+from stabilitylab._numerics import round_down as _round_down
 from stabilitylab._deprecation import renamed_kwargs
 from stabilitylab._devices import to_model_device
 
@@ -280,15 +281,6 @@ def _clip_box(z: Tensor, lo: Tensor | None, hi: Tensor | None) -> Tensor:
     if lo is None:
         return z
     return torch.minimum(torch.maximum(z, lo), hi)
-
-
-def _round_down(eps64: Tensor, dtype: torch.dtype) -> Tensor:
-    """Cast ``eps64`` to ``dtype`` rounding towards zero (never above eps)."""
-    e = eps64.to(dtype)
-    too_big = e.to(eps64.dtype) > eps64
-    if bool(too_big.any()):
-        e = torch.where(too_big, torch.nextafter(e, torch.zeros_like(e)), e)
-    return e
 
 
 def _project(

@@ -51,8 +51,10 @@ from stabilitylab._checks import (
     check_int,
     check_number,
     check_progress,
+    check_radii,
     check_shape,
 )
+from stabilitylab._numerics import round_down as _round_down
 from stabilitylab._deprecation import renamed_kwargs
 from stabilitylab._devices import model_device, model_dtype, resolve_device
 from stabilitylab._modes import eval_mode
@@ -76,15 +78,6 @@ _NORMS = ("l2", "linf")
 
 def _check_norm(norm) -> str:
     return check_choice(norm, "norm", _NORMS)
-
-
-def _round_down(value: Tensor, dtype: torch.dtype) -> Tensor:
-    """``value`` (float64, >= 0) cast to ``dtype`` rounding towards zero: never above ``value``."""
-    out = value.to(dtype)
-    too_big = out.to(value.dtype) > value
-    if bool(too_big.any()):
-        out = torch.where(too_big, torch.nextafter(out, torch.zeros_like(out)), out)
-    return out
 
 
 def _check_logits_labels(logits, labels) -> tuple[Tensor, Tensor]:
@@ -147,32 +140,9 @@ def _check_input_shape(input_shape) -> int:
     return math.prod(check_shape(input_shape, "input_shape"))
 
 
-def _check_eps(eps) -> float:
-    if isinstance(eps, Tensor):
-        if eps.numel() != 1:
-            raise ValueError(f"eps must be a scalar here, got a tensor of shape {tuple(eps.shape)}")
-        eps = eps.item()
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
-        raise TypeError(f"eps must be a real number, got {eps!r}")
-    eps = float(eps)
-    if math.isnan(eps) or eps < 0:
-        raise ValueError(f"eps must be >= 0, got eps={eps!r}")
-    return eps
-
-
-def _eps_list(eps) -> tuple[list[float], bool]:
+def _eps_list(eps, name: str = "eps") -> tuple[list[float], bool]:
     """(values, scalar?) from a number, a 0-dim tensor, a 1-D tensor or array, or a sequence."""
-    if not isinstance(eps, (Tensor, numbers.Real, str)) and hasattr(eps, "__array__"):
-        eps = torch.as_tensor(eps.__array__(), dtype=torch.float64)
-    if isinstance(eps, Tensor) and eps.ndim == 0 or isinstance(eps, numbers.Real):
-        return [_check_eps(eps)], True
-    if isinstance(eps, Tensor):
-        if eps.ndim != 1:
-            raise ValueError(f"eps must be a number or a 1-D sequence, got a tensor of shape {tuple(eps.shape)}")
-        return [_check_eps(v) for v in eps.tolist()], False
-    if isinstance(eps, Sequence) and not isinstance(eps, str):
-        return [_check_eps(v) for v in eps], False
-    raise TypeError(f"eps must be a number or a sequence of numbers, got {type(eps).__name__}")
+    return check_radii(eps, name)
 
 
 # ----------------------------------------------------------------------------- radii from logits
@@ -498,7 +468,7 @@ def accuracy_curve(radii: Tensor, eps_grid: Sequence[float] | Tensor) -> Tensor:
     r = radii.detach().to(device="cpu", dtype=torch.float64)
     if bool(torch.isnan(r).any()) or bool((r < 0).any()):
         raise ValueError(f"radii must be >= 0 and not NaN, got min(radii)={r.min().item()!r}")
-    values, _ = _eps_list(eps_grid)
+    values, _ = _eps_list(eps_grid, "eps_grid")
     grid = torch.tensor(values, dtype=torch.float64)
     return (r[None, :] > grid[:, None]).to(torch.float64).mean(dim=1)
 
@@ -594,7 +564,7 @@ def certified_accuracy_curve(
             "use certified_accuracy for one radius"
         )
     try:
-        values, _ = _eps_list(eps_values)
+        values, _ = _eps_list(eps_values, "eps_values")
     except (TypeError, ValueError) as error:
         raise type(error)(f"eps_values: {error}") from None
     radii = certified_radii(

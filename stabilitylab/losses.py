@@ -26,7 +26,9 @@ or ``"none"`` (a ``(N,)`` tensor of per-example losses). Every loss is different
 logits, runs on the logits' device and returns the logits' dtype. Each function has a thin
 ``nn.Module`` wrapper (:class:`HKRLoss`, :class:`MulticlassHingeLoss`,
 :class:`OffsetCrossEntropyLoss`, :class:`LogitAnnealingLoss`) usable as ``loss_fn`` of
-:func:`stabilitylab.train.fit`.
+:func:`stabilitylab.train.fit`. Shapes, dtypes and labels are checked; NaN logits are not (a
+check would wait for the device at every training step): like torch's own losses, they give a
+NaN loss, which shows in the history of :func:`stabilitylab.train.fit`.
 """
 
 from __future__ import annotations

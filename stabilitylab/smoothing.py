@@ -49,7 +49,8 @@ from stabilitylab._checks import check_progress as _check_progress
 from stabilitylab._checks import check_shape as _check_shape
 from stabilitylab._checks import check_tensor as _check_tensor
 from stabilitylab._modes import eval_mode
-from stabilitylab.certify import _eps_list, accuracy_curve
+from stabilitylab._checks import check_radii
+from stabilitylab.certify import accuracy_curve
 from stabilitylab.train import _check_data, batches
 
 
@@ -697,7 +698,7 @@ class SmoothingResult:
         (strict inequality; at ``eps = 0`` the accuracy of the smoothed classifier, abstentions
         counting as errors).
         """
-        values, scalar = _eps_list(eps)
+        values, scalar = check_radii(eps)
         curve = accuracy_curve(torch.where(self.correct, self.radii, 0.0), values)
         return float(curve[0]) if scalar else curve
 

@@ -88,9 +88,9 @@ def _check_data(data, name: str = "data") -> None:
     tensors = _as_tensors(data)
     if tensors is not None:
         x, y = tensors
-        if x.ndim < 1 or y.ndim != 1:
+        if x.ndim < 1 or y.ndim < 1:  # labels (N,) for classes, (N, *target_shape) for regression
             raise ValueError(
-                f"{name} must hold inputs (N, *input_shape) and labels (N,), got shapes "
+                f"{name} must hold inputs (N, *input_shape) and labels or targets (N, ...), got shapes "
                 f"{tuple(x.shape)} and {tuple(y.shape)}")
         if len(x) != len(y):
             raise ValueError(f"{name}: {len(x)} inputs but {len(y)} labels")

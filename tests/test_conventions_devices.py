@@ -183,9 +183,7 @@ def test_a_model_on_the_meta_device_receives_meta_batches():
         assert seen and all(d.type == "meta" for d in seen)
 
 
-# ----------------------------------------------------------------------------- other modules' parts
-# The rest of the README's quick start calls modules that other work is changing (lipschitz, certify,
-# curvature); their failures are recorded here without failing this file.
+# ----------------------------------------------------------------------------- the second block
 
 def _readme_second_block_setup(quick_start_data):
     train_set, test_set = quick_start_data
@@ -196,16 +194,14 @@ def _readme_second_block_setup(quick_start_data):
     return train_set, test_set, model, OnOtherDevice(x), OnOtherDevice(y)
 
 
-@pytest.mark.xfail(strict=False, reason="lipschitz.report may still compute on x.device (another module)")
 def test_readme_lipschitz_report(pretend_cuda, quick_start_data):
     from stabilitylab import lipschitz
 
     train_set, _, model, x, _ = _readme_second_block_setup(quick_start_data)
-    report = lipschitz.report(model, x[:20], train_set.input_shape)
-    assert report is not None
+    report = lipschitz.report(model, x[:20])
+    assert 0 < report.lower <= report.upper * (1 + 1e-6)
 
 
-@pytest.mark.xfail(strict=False, reason="certify may still compute on x.device (another module)")
 def test_readme_certify(pretend_cuda, quick_start_data):
     from stabilitylab import certify, losses
 
@@ -213,12 +209,11 @@ def test_readme_certify(pretend_cuda, quick_start_data):
     net = models.lipschitz_mlp(train_set.input_shape, 10, hidden=(16, 16), layer="cayley",
                                generator=torch.Generator().manual_seed(3))
     train.fit(net, train_set, epochs=1, loss_fn=losses.OffsetCrossEntropyLoss(), progress=False)
-    accuracy = certify.certified_accuracy(net, test_set, [0.0, 0.5, 1.0], lipschitz=1.0)
-    assert len(accuracy) == 3
+    accuracy = certify.certified_accuracy_curve(net, test_set, [0.0, 0.5, 1.0], lipschitz=1.0)
+    assert accuracy.shape == (3,) and bool((accuracy[1:] <= accuracy[:-1]).all())
     assert certify.check_soundness(net, x[:10], y[:10], lipschitz=1.0).sound
 
 
-@pytest.mark.xfail(strict=False, reason="curvature may still compute on x.device (another module)")
 def test_readme_curvature(pretend_cuda, quick_start_data):
     from stabilitylab import curvature
 

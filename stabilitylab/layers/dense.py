@@ -152,15 +152,21 @@ def bjorck_orthonormalize(W: Tensor, *, n_iter: int = 15, order: int = 1) -> Ten
         ``(..., m, n)``, differentiable.
 
     Raises:
-        TypeError or ValueError: ``W`` not a floating tensor with at least 2 dimensions, a bad
-            ``n_iter`` or ``order``.
+        TypeError or ValueError: ``W`` not a finite floating tensor with at least 2 dimensions,
+            a bad ``n_iter`` or ``order``.
     """
     if not isinstance(W, Tensor) or not W.is_floating_point():
         raise TypeError(f"W must be a floating torch.Tensor, got {type(W).__name__}")
     if W.ndim < 2:
         raise ValueError(f"W must have at least 2 dimensions (..., m, n), got shape {tuple(W.shape)}")
-    n_iter = check_int(n_iter, "n_iter", 0)
-    coefficients = _bjorck_coefficients(check_int(order, "order", 1))
+    if W.device.type != "meta" and not torch.compiler.is_compiling() and not bool(torch.isfinite(W).all()):
+        raise ValueError("W contains NaN or Inf entries")
+    return _bjorck(W, check_int(n_iter, "n_iter", 0), check_int(order, "order", 1))
+
+
+def _bjorck(W: Tensor, n_iter: int, order: int) -> Tensor:
+    """:func:`bjorck_orthonormalize` without the checks (traceable: no host reads)."""
+    coefficients = _bjorck_coefficients(order)
     tall = W.shape[-2] >= W.shape[-1]
     eye = torch.eye(min(W.shape[-2:]), dtype=W.dtype, device=W.device)
     for _ in range(n_iter):
@@ -242,7 +248,7 @@ class BjorckLinear(_Validated, nn.Linear):
     def normalized_weight(self) -> Tensor:
         """The weight actually applied, shape ``(out_features, in_features)``, norm <= 1."""
         W = self.weight / _positive(gram_bound(self.weight, self.gram_iter))
-        W = bjorck_orthonormalize(W, n_iter=self.n_iter, order=self.order)
+        W = _bjorck(W, self.n_iter, self.order)
         return W / _positive(_orthonormal_bound(W, self.gram_iter))
 
     def forward(self, x: Tensor) -> Tensor:
