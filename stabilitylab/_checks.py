@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 
 def check_int(value, name: str, minimum: int = 1) -> int:
@@ -180,3 +181,41 @@ def _radius(value, name: str) -> float:
     if math.isnan(value) or value < 0:
         raise ValueError(f"{name} must hold radii >= 0, got {value!r}")
     return value
+
+
+def as_tensor_pair(data) -> tuple[Tensor, Tensor] | None:
+    """``(inputs, labels)`` from a pair of tensors or a two-tensor ``TensorDataset``, else None."""
+    if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
+        return data
+    if isinstance(data, TensorDataset) and len(data.tensors) == 2:
+        return data.tensors[0], data.tensors[1]
+    return None
+
+
+def check_data(data, name: str = "data") -> None:
+    """TypeError/ValueError naming ``name`` for data that :func:`stabilitylab.train.batches` cannot iterate."""
+    if isinstance(data, DataLoader):
+        return
+    tensors = as_tensor_pair(data)
+    if tensors is not None:
+        x, y = tensors
+        if x.ndim < 1 or y.ndim < 1:  # labels (N,) for classes, (N, *target_shape) for regression
+            raise ValueError(
+                f"{name} must hold inputs (N, *input_shape) and labels or targets (N, ...), got shapes "
+                f"{tuple(x.shape)} and {tuple(y.shape)}")
+        if len(x) != len(y):
+            raise ValueError(f"{name}: {len(x)} inputs but {len(y)} labels")
+        if len(x) == 0:
+            raise ValueError(f"{name} is empty")
+        return
+    if isinstance(data, Dataset):
+        try:
+            size = len(data)  # type: ignore[arg-type]
+        except TypeError:
+            return  # an iterable-style data set: its length is unknown
+        if size == 0:
+            raise ValueError(f"{name} is empty")
+        return
+    raise TypeError(
+        f"{name} must be a Dataset, a DataLoader or an (inputs, labels) pair of tensors, got {type(data).__name__}"
+    )

@@ -60,6 +60,7 @@ from torch import Tensor
 
 from stabilitylab._checks import check_generator as _check_generator
 from stabilitylab._checks import check_progress as _check_progress
+from stabilitylab._checks import check_int as _check_int
 from stabilitylab._numerics import round_down as _round_down
 from stabilitylab._deprecation import renamed_kwargs
 from stabilitylab._devices import to_model_device
@@ -160,15 +161,6 @@ def _check_real(value, name: str, *, positive: bool = False, allow_inf: bool = F
         raise ValueError(f"{name} must be > 0, got {name}={value}")
     if not positive and value < 0:
         raise ValueError(f"{name} must be >= 0, got {name}={value}")
-    return value
-
-
-def _check_int(value, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {value!r}")
-    value = int(value)
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {name}={value}")
     return value
 
 

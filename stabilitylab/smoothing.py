@@ -51,7 +51,8 @@ from stabilitylab._checks import check_tensor as _check_tensor
 from stabilitylab._modes import eval_mode
 from stabilitylab._checks import check_radii
 from stabilitylab.certify import accuracy_curve
-from stabilitylab.train import _check_data, batches
+from stabilitylab._checks import check_data as _check_data
+from stabilitylab.train import batches
 
 
 

@@ -62,10 +62,6 @@ def _check_finite_tensor(x, name: str, *, min_dim: int) -> Tensor:
     return x
 
 
-def _check_count(value, name: str, minimum: int) -> int:
-    return check_int(value, name, minimum)
-
-
 # ----------------------------------------------------------------------------- results
 
 
@@ -157,7 +153,7 @@ def power_iteration(
     References:
         [golub2013matrix], [virmaux2018lipschitz].
     """
-    _check_count(n_iter, "n_iter", 1)
+    check_int(n_iter, "n_iter", 1)
     tol = check_tol(tol, allow_none=True)
     check_generator(generator)
     if not isinstance(return_vector, bool):
@@ -378,7 +374,7 @@ def gram_iteration(
     tol = check_tol(tol, allow_none=True)
     if not isinstance(return_lower, bool):
         raise TypeError(f"return_lower must be a bool, got {return_lower!r}")
-    n_iter = (6 if tol is None else 40) if n_iter is None else _check_count(n_iter, "n_iter", 0)
+    n_iter = (6 if tol is None else 40) if n_iter is None else check_int(n_iter, "n_iter", 0)
     upper, lower = _gram_bound64(W, n_iter, tol)
     real = _real_dtype(W.dtype)
     margin = _safety(real, max(W.shape[-2:]))
@@ -720,7 +716,7 @@ def conv_spectral_norm(
     tol = check_tol(tol, allow_none=True)
     check_generator(generator)
     if n_iter is not None:
-        _check_count(n_iter, "n_iter", 0 if method == "gram" else 1)
+        check_int(n_iter, "n_iter", 0 if method == "gram" else 1)
     kh, kw = kernel.shape[-2:]
     mode, pad = _check_padding(padding, (kh, kw))
 

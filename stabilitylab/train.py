@@ -48,6 +48,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm import tqdm
 
+from stabilitylab._checks import as_tensor_pair as _as_tensors
+from stabilitylab._checks import check_data as _check_data
 from stabilitylab._checks import check_generator, check_int, check_number, check_positive, check_progress
 from stabilitylab._devices import model_device, resolve_device
 from stabilitylab._modes import eval_mode, preserved_modes
@@ -71,43 +73,6 @@ def default_device() -> torch.device:
     """CUDA when available, else the CPU (for callers that want the fastest device explicitly:
     ``fit(model, data, device=default_device())``; nothing in the package picks it by itself)."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _as_tensors(data: DataLike) -> tuple[Tensor, Tensor] | None:
-    if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
-        return data
-    if isinstance(data, TensorDataset) and len(data.tensors) == 2:
-        return data.tensors[0], data.tensors[1]
-    return None
-
-
-def _check_data(data, name: str = "data") -> None:
-    """TypeError/ValueError naming ``name`` for data that :func:`batches` cannot iterate."""
-    if isinstance(data, DataLoader):
-        return
-    tensors = _as_tensors(data)
-    if tensors is not None:
-        x, y = tensors
-        if x.ndim < 1 or y.ndim < 1:  # labels (N,) for classes, (N, *target_shape) for regression
-            raise ValueError(
-                f"{name} must hold inputs (N, *input_shape) and labels or targets (N, ...), got shapes "
-                f"{tuple(x.shape)} and {tuple(y.shape)}")
-        if len(x) != len(y):
-            raise ValueError(f"{name}: {len(x)} inputs but {len(y)} labels")
-        if len(x) == 0:
-            raise ValueError(f"{name} is empty")
-        return
-    if isinstance(data, Dataset):
-        try:
-            size = len(data)  # type: ignore[arg-type]
-        except TypeError:
-            return  # an iterable-style data set: its length is unknown
-        if size == 0:
-            raise ValueError(f"{name} is empty")
-        return
-    raise TypeError(
-        f"{name} must be a Dataset, a DataLoader or an (inputs, labels) pair of tensors, got {type(data).__name__}"
-    )
 
 
 def _finite(x: Tensor, name: str) -> Tensor:
