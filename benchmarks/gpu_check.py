@@ -47,7 +47,8 @@ def _on_device(value, device: torch.device) -> list[str]:
     if isinstance(value, torch.Tensor):
         if value.device.type != device.type:
             problems.append(f"tensor on {value.device}, expected {device}")
-        if value.is_floating_point() and value.numel() and not bool(torch.isfinite(value).all()):
+        if (value.device.type != "meta" and value.is_floating_point() and value.numel()
+                and not bool(torch.isfinite(value).all())):
             problems.append("non-finite tensor")
     elif isinstance(value, float):
         if value != value:
@@ -154,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
+    os.environ.setdefault("TQDM_DISABLE", "1")  # one line per call, not progress bars
     if device.type == "cuda" and not torch.cuda.is_available():
         print("no CUDA device here: run with --device cpu to check the script itself", file=sys.stderr)
         return 2
