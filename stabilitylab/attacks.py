@@ -69,16 +69,12 @@ __all__ = ["fgsm", "pgd", "minimal_adversarial_distance", "robust_accuracy", "Ad
 
 
 class AdversarialDistance(NamedTuple):
-    """What :func:`minimal_adversarial_distance` returns with ``return_examples=True``.
+    """What :func:`minimal_adversarial_distance` returns with ``return_examples=True``."""
 
-    Attributes:
-        distance: ``(N,)``, the distance to the closest adversarial example found (an upper
-            bound of the true distance; 0 where already misclassified, inf where none was found).
-        examples: ``(N, *shape)``, those adversarial examples (``x[i]`` where the distance is 0
-            or inf).
-    """
-
+    #: ``(N,)``, the distance to the closest adversarial example found (an upper bound of the true
+    #: distance; 0 where already misclassified, inf where none was found).
     distance: Tensor
+    #: ``(N, *shape)``, those adversarial examples (``x[i]`` where the distance is 0 or inf).
     examples: Tensor
 
 _NORMS = ("linf", "l2")

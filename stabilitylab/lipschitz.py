@@ -143,7 +143,7 @@ class LayerBound:
 
     @property
     def bound(self) -> float:
-        """Deprecated: use ``upper``."""
+        """The certified upper bound under its old name, deprecated in favour of ``upper``."""
         warnings.warn("LayerBound.bound is deprecated, use LayerBound.upper", DeprecationWarning, stacklevel=2)
         return self.upper
 
@@ -950,19 +950,16 @@ def pairwise_row_distances(weight: Tensor) -> Tensor:
 
 
 class LinearHead(NamedTuple):
-    """The last layer of a classifier, as :func:`linear_head` finds it.
+    """The last layer of a classifier, as :func:`linear_head` finds it."""
 
-    Attributes:
-        name: the layer's name in ``model.named_modules()``.
-        module: the layer.
-        weight: ``(C, d)`` the matrix it applies (detached; for the package's constrained layers
-            the normalized / orthogonal weight, not the trainable parameter).
-        body: an ``nn.Sequential`` of the layers before it (the features :math:`g`).
-    """
-
+    #: the layer's name in ``model.named_modules()``.
     name: str
+    #: the layer.
     module: nn.Module
+    #: ``(C, d)`` the matrix it applies (detached; for the package's constrained layers the normalized /
+    #: orthogonal weight, not the trainable parameter).
     weight: Tensor
+    #: an ``nn.Sequential`` of the layers before it (the features :math:`g`).
     body: nn.Sequential
 
 

@@ -66,41 +66,31 @@ def _check_finite_tensor(x, name: str, *, min_dim: int) -> Tensor:
 
 
 class PowerIteration(NamedTuple):
-    r"""What :func:`power_iteration` returns with ``return_vector=True``.
+    r"""What :func:`power_iteration` returns with ``return_vector=True``."""
 
-    Attributes:
-        estimate: :math:`\|W v\|_2` for the final unit vector (a lower bound of the norm),
-            shape ``(...)``.
-        vector: that unit vector ``v``, the estimated top right singular vector, shape
-            ``(..., n)`` (or ``input_shape`` for a callable operator).
-    """
-
+    #: :math:`\|W v\|_2` for the final unit vector (a lower bound of the norm), shape ``(...)``.
     estimate: Tensor
+    #: that unit vector ``v``, the estimated top right singular vector, shape ``(..., n)`` (or
+    #: ``input_shape`` for a callable operator).
     vector: Tensor
 
 
 class GramBounds(NamedTuple):
-    r"""What :func:`gram_iteration` returns with ``return_lower=True``: ``lower <= ||W||_2 <= upper``.
+    r"""What :func:`gram_iteration` returns with ``return_lower=True``: ``lower <= ||W||_2 <= upper``."""
 
-    Attributes:
-        upper: the certified upper bound, shape ``(...)``.
-        lower: a lower bound :math:`\|W v\| / \|v\|` (attained), shape ``(...)``.
-    """
-
+    #: the certified upper bound, shape ``(...)``.
     upper: Tensor
+    #: a lower bound :math:`\|W v\| / \|v\|` (attained), shape ``(...)``.
     lower: Tensor
 
 
 class ConvNorm(NamedTuple):
     """A certified bound of a convolution's operator norm (:func:`conv2d_norm`,
-    :func:`conv2d_module_norm`).
+    :func:`conv2d_module_norm`)."""
 
-    Attributes:
-        upper: the certified upper bound, a 0-dim tensor.
-        method: how it was obtained, e.g. ``"gram (certified)"``.
-    """
-
+    #: the certified upper bound, a 0-dim tensor.
     upper: Tensor
+    #: how it was obtained, e.g. ``"gram (certified)"``.
     method: str
 
 

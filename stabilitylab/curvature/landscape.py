@@ -52,7 +52,7 @@ def filter_normalized_direction(
         ``{name: direction}`` for the parameters requiring grad (detached, their dtype and device).
 
     Raises:
-        TypeError or ValueError (naming the argument): a ``model`` that is not an ``nn.Module`` or
+        TypeError or ValueError: each naming the argument, for a ``model`` that is not an ``nn.Module`` or
             has no parameter requiring grad, a non-bool ``ignore_1d``, a ``generator`` that is
             not a ``torch.Generator``.
     """
@@ -115,7 +115,7 @@ def eigen_directions(
         An :class:`Eigenpairs` ``(eigenvalues (k,), [{name: direction}, ...])``.
 
     Raises:
-        TypeError or ValueError (naming the argument): as :func:`hessian_eigenvalues`;
+        TypeError or ValueError: each naming the argument, for as :func:`hessian_eigenvalues`;
             ``max_examples`` or ``batch_size`` < 1; ``model`` not an ``nn.Module``; ``data`` of
             another kind or with NaN/Inf inputs.
     """
@@ -196,7 +196,7 @@ def loss_landscape(
         outputs are ``(n, C)`` logits with ``C`` >= 2 and the labels class indices).
 
     Raises:
-        TypeError or ValueError (naming the argument): directions of the wrong names or shapes,
+        TypeError or ValueError: each naming the argument, for directions of the wrong names or shapes,
             more than two directions, empty or non-finite coordinates, ``max_examples`` or
             ``batch_size`` < 1, ``model`` not an ``nn.Module``, ``data`` of another kind or with
             NaN/Inf inputs.
@@ -305,7 +305,7 @@ def random_perturbation_loss(
         ``(R, n_directions)`` tensor of losses (on the CPU, the model's dtype).
 
     Raises:
-        TypeError or ValueError (naming the argument): negative or non-finite ``radii``,
+        TypeError or ValueError: each naming the argument, for negative or non-finite ``radii``,
             ``n_directions`` or ``batch_size`` < 1, ``data`` that is not a tensor pair of equal
             lengths or has NaN/Inf inputs, ``model`` not an ``nn.Module`` or without parameters.
     """

@@ -72,7 +72,7 @@ def gradient_norm_penalty(
         A 0-dim tensor.
 
     Raises:
-        TypeError or ValueError (naming the argument): params that do not require grad, unknown
+        TypeError or ValueError: each naming the argument, for params that do not require grad, unknown
             ``method``, ``h`` <= 0, a loss tensor with ``"finite_difference"``.
     """
     params = _check_params(params)
@@ -139,7 +139,7 @@ def input_curvature_penalty(
         A 0-dim tensor.
 
     Raises:
-        TypeError or ValueError (naming the argument): ``h`` <= 0, an empty or non-finite batch
+        TypeError or ValueError: each naming the argument, for ``h`` <= 0, an empty or non-finite batch
             ``x``, labels ``y`` that are not a tensor of ``x``'s length, a ``model`` or
             ``loss_fn`` that is not callable.
     """
@@ -195,7 +195,7 @@ def hessian_trace_penalty(
         A 0-dim tensor.
 
     Raises:
-        TypeError or ValueError (naming the argument): params that do not require grad,
+        TypeError or ValueError: each naming the argument, for params that do not require grad,
             ``n_samples`` < 1, a ``closure`` that is neither callable nor a scalar tensor.
     """
     params = _check_params(params)

@@ -96,7 +96,7 @@ def sharpness_during_training(
         ``{"step", "loss", "sharpness"}``: float64 tensors of the recorded steps' values.
 
     Raises:
-        TypeError or ValueError (naming the argument): ``n_iter`` < 0, ``every`` < 1, an
+        TypeError or ValueError: each naming the argument, for ``n_iter`` < 0, ``every`` < 1, an
             ``optimizer`` that is not one; the errors of :func:`hessian_eigenvalues`.
     """
     _check_callable(closure, "closure", "a zero-argument callable returning the loss")
@@ -176,7 +176,7 @@ def sharpness(
         tuple).
 
     Raises:
-        TypeError or ValueError (naming the argument): params that do not require grad;
+        TypeError or ValueError: each naming the argument, for params that do not require grad;
             ``rho`` <= 0; ``n_iter`` < 1; ``eta`` < 0; ``step_size`` <= 0; a closure that does
             not return a scalar, or a non-finite one at the unperturbed parameters.
     """
@@ -275,7 +275,7 @@ def m_sharpness(
         The mean increase (0-dim tensor).
 
     Raises:
-        TypeError or ValueError (naming the argument): a ``model`` that is not an ``nn.Module``,
+        TypeError or ValueError: each naming the argument, for a ``model`` that is not an ``nn.Module``,
             ``m`` < 1, ``rho`` <= 0, fewer than ``m`` examples, ``data`` of another kind or with
             NaN/Inf inputs; the errors of :func:`sharpness`.
     """

@@ -313,7 +313,7 @@ def hessian_eigenvalues(
         tuples shaped like ``params`` (it unpacks like the former ``(values, vectors)`` tuple).
 
     Raises:
-        TypeError or ValueError (naming the argument): params that do not require grad; ``k`` < 1
+        TypeError or ValueError: each naming the argument, for params that do not require grad; ``k`` < 1
             or larger than :math:`P`; unknown ``method``, ``which`` or ``criterion``; ``tol``
             outside (0, 1); ``n_iter`` < 1 (< ``k`` for Lanczos); a closure that does not return a
             finite scalar, or whose Hessian-vector products are not finite.
@@ -401,7 +401,7 @@ def hessian_trace(
         :class:`TraceEstimate` ``(trace, stderr)`` (it unpacks like the former tuple).
 
     Raises:
-        TypeError or ValueError (naming the argument): params that do not require grad,
+        TypeError or ValueError: each naming the argument, for params that do not require grad,
             ``n_samples`` too small, unknown ``method``, ``batch_size`` < 1; a closure that does
             not return a finite scalar, or whose Hessian-vector products are not finite.
     """
@@ -518,7 +518,7 @@ def hessian_density(
         in float64 on the CPU, ``nodes`` and ``weights`` ``(n_vectors, m)``.
 
     Raises:
-        TypeError or ValueError (naming the argument): params that do not require grad,
+        TypeError or ValueError: each naming the argument, for params that do not require grad,
             ``n_iter`` or ``n_vectors`` < 1, ``sigma`` <= 0, a grid with fewer than 2 points or
             non-finite points; a closure that does not return a finite scalar, or whose
             Hessian-vector products are not finite.
