@@ -4,7 +4,7 @@ The package behind the StabilityLab book: Lipschitz bounds and spectral norms, 1
 layers and certificates, randomized smoothing, and curvature analysis, for PyTorch.
 
 Modules (one per technique): ``spectral``, ``lipschitz``, ``layers``, ``losses``, ``certify``,
-``attacks``, ``smoothing``, ``curvature``, ``data``, ``models``, ``train``, ``timing`` and
+``attacks``, ``smoothing``, ``curvature``, ``dynamics``, ``frequency``, ``data``, ``models``, ``train``, ``timing`` and
 ``testing`` (helpers for tests of Lipschitz guarantees). ``plot`` (the book's figures; the
 ``plot`` extra) and ``book`` (the chapter runner; the ``book`` extra) are imported on first use,
 so ``import stabilitylab`` loads neither matplotlib, seaborn nor pandas.
@@ -58,6 +58,8 @@ from stabilitylab import (
     certify,
     curvature,
     data,
+    dynamics,
+    frequency,
     layers,
     lipschitz,
     losses,
@@ -92,6 +94,8 @@ __all__ = [
     "certify",
     "curvature",
     "data",
+    "dynamics",
+    "frequency",
     "layers",
     "lipschitz",
     "losses",

@@ -17,6 +17,13 @@ Modes
     mode is switched to train mode as a whole for training. :func:`predict` and :func:`evaluate`
     run in eval mode and restore every submodule's mode.
 
+Callbacks
+    ``fit(callbacks=[...])`` calls each callable after every optimizer step with one
+    :class:`TrainStep` (the step count, the epoch, the model, the batch, its loss and the
+    optimizer), in train mode; a callback that evaluates the model restores its modes itself
+    (:class:`stabilitylab.dynamics.SpectralMonitor` does). A callback that draws random numbers
+    from torch's global generator changes the rest of the run: give it its own generator.
+
 Seeds (where randomness enters and what controls it)
     * The model's initialization happens when the model is built, not in ``fit``: pass
       ``generator=`` to the builders of :mod:`stabilitylab.models` (or seed torch's global
@@ -38,9 +45,10 @@ import functools
 import inspect
 import random
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -54,7 +62,7 @@ from stabilitylab._checks import check_generator, check_int, check_number, check
 from stabilitylab._devices import model_device, resolve_device
 from stabilitylab._modes import eval_mode, preserved_modes
 
-__all__ = ["History", "fit", "evaluate", "predict", "seed_everything", "default_device", "batches"]
+__all__ = ["History", "TrainStep", "fit", "evaluate", "predict", "seed_everything", "default_device", "batches"]
 
 DataLike = Dataset | DataLoader | tuple[Tensor, Tensor]
 
@@ -141,6 +149,40 @@ class History:
         return len(self.loss)
 
 
+class TrainStep(NamedTuple):
+    """What :func:`fit` hands every callback after each optimizer step."""
+
+    #: optimizer steps taken so far in this call of ``fit`` (1 after the first step).
+    step: int
+    #: the epoch of the step, counted from 0.
+    epoch: int
+    #: the model being trained (in train mode; the parameters are those after the step).
+    model: nn.Module
+    #: the batch's inputs ``(B, *input_shape)``, on the model's device.
+    x: Tensor
+    #: the batch's labels ``(B,)``, on the model's device.
+    y: Tensor
+    #: the batch's loss ``loss_fn(model(x), y)`` before the step (without ``penalty``), a
+    #: detached 0-dim tensor.
+    loss: Tensor
+    #: the optimizer (its ``param_groups`` hold the learning rate, momentum, weight decay).
+    optimizer: torch.optim.Optimizer
+
+
+def _check_callbacks(callbacks) -> list[Callable[[TrainStep], object]]:
+    """``callbacks`` as a list: None is empty, one callable is a list of one."""
+    if callbacks is None:
+        return []
+    if callable(callbacks):
+        return [callbacks]
+    if isinstance(callbacks, (str, bytes)) or not isinstance(callbacks, Sequence):
+        raise TypeError(f"callbacks must be a sequence of callables or None, got {type(callbacks).__name__}")
+    for item in callbacks:
+        if not callable(item):
+            raise TypeError(f"callbacks must hold callables (step) -> None, got {type(item).__name__}")
+    return list(callbacks)
+
+
 def _is_sam(opt) -> bool:
     return callable(getattr(opt, "first_step", None)) and callable(getattr(opt, "second_step", None))
 
@@ -215,6 +257,7 @@ def fit(
     momentum: float = 0.9,
     loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
     penalty: Callable[[nn.Module, Tensor, Tensor, Tensor], Tensor] | None = None,
+    callbacks: Sequence[Callable[[TrainStep], object]] | None = None,
     test_data: DataLike | None = None,
     device: str | torch.device | None = None,
     generator: torch.Generator | None = None,
@@ -240,6 +283,10 @@ def fit(
         penalty: ``(model, x, y, loss) -> scalar`` added to the loss of every batch (a curvature
             regularizer of :mod:`stabilitylab.curvature`, say); the history records the loss
             without it.
+        callbacks: callables called after every optimizer step, in order, each with one
+            :class:`TrainStep` ``(step, epoch, model, x, y, loss, optimizer)``; ``step`` counts
+            the steps of this call from 1 (a :class:`stabilitylab.dynamics.SpectralMonitor`,
+            say). A single callable is accepted too. Their return values are ignored.
         test_data: evaluated after each epoch when given.
         device: None (default) trains the model where it is; a device (``"cuda"``, ...) moves the
             model there first (and it stays there). Batches are moved to the model's device.
@@ -257,7 +304,8 @@ def fit(
 
     Raises:
         TypeError: a model that is not an ``nn.Module``, data of another kind, a generator that
-            is not a ``torch.Generator``, non-callable ``loss_fn``/``penalty``.
+            is not a ``torch.Generator``, non-callable ``loss_fn``/``penalty``, ``callbacks``
+            that are not callables.
         ValueError: non-positive ``epochs``, ``batch_size`` or ``lr``, negative ``weight_decay``
             or ``momentum``, an unknown optimizer name, empty or mismatched data, NaN or infinite
             inputs in a batch.
@@ -275,6 +323,7 @@ def fit(
     for name, value in (("loss_fn", loss_fn), ("penalty", penalty)):
         if value is not None and not callable(value):
             raise TypeError(f"{name} must be callable or None, got {type(value).__name__}")
+    hooks = _check_callbacks(callbacks)
     if not isinstance(optimizer, str) and not callable(optimizer):
         raise TypeError(f"optimizer must be a name or a callable(params) -> Optimizer, got {optimizer!r}")
     if not isinstance(desc, str):
@@ -297,8 +346,9 @@ def fit(
             model.train()  # a model handed over in eval mode trains as a whole
         opt = _optimizer(optimizer, model.parameters(), lr, weight_decay, momentum)
         history = History()
+        step = 0
         bar = stack.enter_context(tqdm(range(epochs), desc=desc, disable=not show, leave=False))
-        for _ in bar:
+        for epoch in bar:
             total_loss, correct, count = 0.0, 0, 0
             for x, y in batches(train_data, batch_size=batch_size, shuffle=True, generator=shuffle_generator):
                 x, y = _finite(x.to(where), "train_data"), y.to(where)
@@ -313,6 +363,11 @@ def fit(
                     opt.second_step(zero_grad=True)
                 else:
                     opt.step()
+                step += 1
+                if hooks:
+                    state = TrainStep(step, epoch, model, x, y, loss.detach(), opt)
+                    for hook in hooks:
+                        hook(state)
                 total_loss += loss.item() * len(y)
                 correct += (logits.argmax(1) == y).sum().item()
                 count += len(y)
