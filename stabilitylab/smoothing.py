@@ -18,6 +18,18 @@ This module holds
   certificate of Delattre et al. 2024 [delattre2024lipschitz] that averages a simplex-valued map
   of the logits (softmax or sparsemax with a temperature) instead of counting votes and bounds the
   averages with empirical Bernstein inequalities [maurer2009empirical];
+* Lipschitz bases (Delattre et al. 2025 [delattre2025bridging], Delattre's thesis
+  [delattre2025stability]): the tight constant of a smoothed bounded Lipschitz function,
+  :math:`L\operatorname{erf}(r / (2\sqrt{2} L\sigma))` (:func:`smoothed_lipschitz_constant`);
+  Lipschitz-aware certificates, where :math:`\sigma\Phi^{-1}` becomes the quantile
+  :math:`Q_{\sigma, L}` of :math:`\sigma W + \mathrm{Unif}[-\frac{1}{2L}, \frac{1}{2L}]`
+  (:func:`lipschitz_probit`, :func:`lipschitz_aware_radius`, and ``Smooth.certify(...,
+  soft_map=..., base_lipschitz=L)``: the function that must be :math:`L`-Lipschitz is each
+  coordinate of the soft output :func:`simplex_map` of the logits, never the hard vote; votes are
+  drawn from that soft output so that Clopper-Pearson stays exact;
+  :func:`simplex_map_lipschitz` turns a network's constant into it); the class-partition bounds
+  (:func:`partition_bounds`, ``multiclass="partition"``); the Monte Carlo variance of smoothed
+  outputs next to its Gaussian Poincare bound :math:`\sigma^2 L^2` (:func:`smoothed_variance`);
 * the statistics: :func:`clopper_pearson_lower`, :func:`empirical_bernstein_radius`,
   :func:`max_certifiable_radius`;
 * the maps: :func:`sparsemax`, :func:`simplex_map`;
@@ -34,9 +46,11 @@ when an error is raised.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -74,6 +88,14 @@ __all__ = [
     "max_certifiable_radius",
     "simplex_map",
     "sparsemax",
+    "PartitionBounds",
+    "SmoothedVariance",
+    "lipschitz_aware_radius",
+    "lipschitz_probit",
+    "partition_bounds",
+    "simplex_map_lipschitz",
+    "smoothed_lipschitz_constant",
+    "smoothed_variance",
 ]
 
 ABSTAIN = -1
@@ -259,6 +281,534 @@ def _simplex_map(logits: Tensor, kind: str, temperature: float) -> Tensor:
         return nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).to(logits.dtype)
     scaled = logits / temperature
     return scaled.softmax(-1) if kind == "softmax" else _sparsemax(scaled)
+
+
+# --------------------------------------------------------------------------- Lipschitz bases
+
+
+def _check_lipschitz(value, name: str, *, allow_none: bool = False) -> float | None:
+    """A finite Lipschitz constant > 0 (None when ``allow_none``: no constant is known)."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        extra = " or None" if allow_none else ""
+        raise ValueError(f"{name} must be a finite number > 0{extra}, got {value!r}")
+    return float(value)
+
+
+def smoothed_lipschitz_constant(L: float, sigma: float, *, value_range: float) -> float:
+    r"""The tight L2 Lipschitz constant of the Gaussian smoothing of a bounded Lipschitz function.
+
+    If :math:`f : \mathbb{R}^d \to \mathbb{R}` is :math:`L`-Lipschitz in L2 and takes its values
+    in an interval of length :math:`r`, then :math:`F(x) = \mathbb{E}\, f(x + \sigma Z)`,
+    :math:`Z \sim \mathcal{N}(0, I)`, is Lipschitz with constant
+
+    .. math::
+
+        L_F = L\,\operatorname{erf}\!\Big(\frac{r}{2\sqrt{2}\,L\sigma}\Big),
+
+    and no smaller constant holds for every such :math:`f` (the centred ramp attains it).
+
+    Derivation. For a unit vector :math:`u`, Stein's identity gives :math:`u^\top \nabla F(x) =
+    \mathbb{E}[f(x + \sigma Z)\, u^\top Z] / \sigma`. Averaging :math:`f` over the directions
+    orthogonal to :math:`u` reduces this to one dimension: with :math:`W = u^\top Z \sim
+    \mathcal{N}(0, 1)` and :math:`g(s) = \mathbb{E}[f(x + s u + \sigma Z_\perp)]`, which is again
+    :math:`L`-Lipschitz with values in an interval of length :math:`r`,
+    :math:`u^\top \nabla F(x) = \mathbb{E}[g(\sigma W) W] / \sigma = \mathbb{E}[(g(\sigma W) -
+    g(-\sigma W))\, W\, \mathbb{1}_{W > 0}] / \sigma`, by the symmetry of :math:`W`. Since
+    :math:`g(s) - g(-s) \le \min(2 L s, r)` for :math:`s > 0`,
+
+    .. math::
+
+        u^\top \nabla F(x) \le \frac{1}{\sigma}\,\mathbb{E}\big[\min(2 L \sigma W, r)\, W\, \mathbb{1}_{W > 0}\big]
+        = 2L\big(\Phi(a) - \tfrac12\big) = L\,\operatorname{erf}(a / \sqrt{2}),
+        \qquad a = \frac{r}{2 L \sigma}
+
+    (integrate by parts: :math:`\int_0^a w^2 \varphi = \Phi(a) - \frac12 - a\varphi(a)` and
+    :math:`\int_a^\infty w\varphi = \varphi(a)`). Equality holds for the ramp
+    :math:`f(x) = \operatorname{clip}(L u^\top x, -r/2, r/2)` at :math:`x = 0`: its slope :math:`L`
+    covers the window :math:`|s| < r / (2L)` of length :math:`r / L` *centred* where the Gaussian
+    density is largest. That centring is where the :math:`2\sqrt{2}` comes from: the factor 2
+    splits the window into two halves of length :math:`r / (2L)`, and :math:`\sqrt{2}` converts
+    :math:`\mathbb{P}(|W| < a) = \operatorname{erf}(a / \sqrt{2})`. The constant
+    :math:`L\operatorname{erf}(r / (\sqrt{2} L \sigma))` used with values in :math:`[0, r]` in the
+    thesis code [delattre2025stability] is :math:`L\,\mathbb{P}(|W| < r / (L\sigma))`, a window of
+    length :math:`2r/L` that no :math:`L`-Lipschitz function of range :math:`r` can fill: valid,
+    and up to twice the tight value (the ratio tends to 2 as :math:`L \to \infty`).
+
+    Limits: :math:`L_F \to L` as :math:`L \to 0` (or :math:`r \to \infty`: smoothing never
+    increases a Lipschitz constant), and :math:`L_F \to r / (\sigma\sqrt{2\pi})` as :math:`L \to
+    \infty`, the constant of any smoothed function of range :math:`r`, Lipschitz or not (for
+    :math:`r = 1`, :math:`\sqrt{2/\pi}/(2\sigma)`: the constant behind Cohen et al.'s margin
+    certificates [salman2019provably]). With :math:`r = 1` and the coordinate constant of
+    :func:`simplex_map_lipschitz`, this is the constant of each smoothed class probability of a
+    Lipschitz network [delattre2024lipschitz].
+
+    Args:
+        L: the L2 Lipschitz constant of :math:`f`, finite and > 0.
+        sigma: the noise level :math:`\sigma > 0`.
+        value_range: :math:`r > 0`, the length of an interval holding every value of :math:`f`.
+
+    Returns:
+        :math:`L_F`, a float, at most :math:`\min(L, r / (\sigma\sqrt{2\pi}))`.
+    """
+    L = _check_lipschitz(L, "L")
+    sigma = _check_sigma(sigma)
+    value_range = _check_positive(value_range, "value_range")
+    return L * math.erf(value_range / (2 * math.sqrt(2) * L * sigma))
+
+
+def simplex_map_lipschitz(kind: str, temperature: float, num_classes: int, *, logit_lipschitz: float = 1.0) -> float:
+    r"""An L2 Lipschitz constant of each coordinate of :func:`simplex_map` applied to Lipschitz logits.
+
+    When the logits :math:`z(x)` are :math:`L_z`-Lipschitz in L2, each class probability
+    :math:`h_c(x) = \phi(z(x) / T)_c` is Lipschitz with constant :math:`L_z\,\ell_\phi / T`, where
+    :math:`\ell_\phi` is the largest norm of a row of the map's Jacobian:
+
+    * softmax: row :math:`c` is :math:`p_c(e_c - p)`, of squared norm
+      :math:`p_c^2((1 - p_c)^2 + \sum_{j \ne c} p_j^2) \le 2p_c^2(1 - p_c)^2 \le 1/8`, so
+      :math:`\ell = \sqrt{2}/4`, attained with :math:`p_c = 1/2` and the rest on one class;
+    * sparsemax: on a support of :math:`k` classes the Jacobian is the projection
+      :math:`I - \mathbf{1}\mathbf{1}^\top / k` (zero outside), whose rows have norm
+      :math:`\sqrt{1 - 1/k}`, so :math:`\ell = \sqrt{1 - 1/C}`;
+    * hardmax (the vote): not Lipschitz; a ValueError.
+
+    This is the constant ``base_lipschitz`` of :meth:`Smooth.certify` asks for: the function
+    that must be Lipschitz is each coordinate :math:`h_c`, not the logits and not the vote.
+
+    Args:
+        kind: ``"softmax"`` or ``"sparsemax"``.
+        temperature: :math:`T > 0`.
+        num_classes: :math:`C >= 2`.
+        logit_lipschitz: :math:`L_z > 0`, an L2 Lipschitz constant of the logits (1 for the
+            1-Lipschitz networks of :mod:`stabilitylab.layers`).
+
+    Returns:
+        The constant, a float.
+    """
+    kind, temperature = _check_map(kind, temperature)
+    num_classes = _check_int(num_classes, "num_classes", 2)
+    logit_lipschitz = _check_lipschitz(logit_lipschitz, "logit_lipschitz")
+    if kind == "hardmax":
+        raise ValueError("kind='hardmax' (the vote) is not Lipschitz: use 'softmax' or 'sparsemax'")
+    ell = math.sqrt(2) / 4 if kind == "softmax" else math.sqrt(1 - 1 / num_classes)
+    return logit_lipschitz * ell / temperature
+
+
+_GL_NODES, _GL_WEIGHTS = None, None
+
+
+def _gauss_legendre():
+    global _GL_NODES, _GL_WEIGHTS
+    if _GL_NODES is None:
+        import numpy as np
+
+        _GL_NODES, _GL_WEIGHTS = np.polynomial.legendre.leggauss(8)
+    return _GL_NODES, _GL_WEIGHTS
+
+
+def _integrated_cdf(z):
+    r""":math:`M(z) = \int_{-\infty}^z \Phi = \varphi(z) + z\Phi(z)`, accurate in the lower tail
+    (there :math:`\varphi(a)(1 - a\,\bar\Phi(a)/\varphi(a))` with the Mills ratio from ``erfcx``)."""
+    import numpy as np
+    from scipy import special
+
+    z = np.asarray(z, dtype=np.float64)
+    out = np.empty_like(z)
+    upper = z >= 0
+    zu = z[upper]
+    out[upper] = np.exp(-zu * zu / 2) / math.sqrt(2 * math.pi) + zu * special.ndtr(zu)
+    a = -z[~upper]
+    mills = math.sqrt(math.pi / 2) * special.erfcx(a / math.sqrt(2))
+    out[~upper] = np.exp(-a * a / 2) / math.sqrt(2 * math.pi) * (1 - a * mills)
+    return out
+
+
+def _ramp_cdf(t, sigma: float, L: float):
+    r"""CDF at ``t`` of :math:`\sigma W + U`, :math:`U` uniform on :math:`[-h, h]`, :math:`h = 1/(2L)`.
+
+    Equals :math:`\mathbb{E}\operatorname{clip}(L(t + \sigma W) + \frac12, 0, 1)`, the smoothing of
+    the ramp of slope :math:`L`. Computed as :math:`\frac{\sigma}{2h}(M((t + h)/\sigma) -
+    M((t - h)/\sigma))`, or by 8-point Gauss-Legendre over :math:`U` when :math:`h < 10^{-3}\sigma`
+    (where that difference would cancel); relative error about 1e-13 for ``t <= 0``."""
+    import numpy as np
+    from scipy import special
+
+    t = np.asarray(t, dtype=np.float64)
+    h = 0.5 / L
+    if h < 1e-3 * sigma:
+        nodes, weights = _gauss_legendre()
+        return (special.ndtr((t[..., None] - h * nodes) / sigma) * weights).sum(-1) / 2
+    return sigma / (2 * h) * (_integrated_cdf((t + h) / sigma) - _integrated_cdf((t - h) / sigma))
+
+
+def _lipschitz_probit(p, sigma: float, L: float | None, round_up: bool):
+    r""":math:`Q_{\sigma, L}(p)` for an array ``p`` in [0, 1] (float64 numpy), by bisection, rounded
+    down (or up): the bracket end on the safe side of the root."""
+    import numpy as np
+    from scipy import special
+
+    p = np.asarray(p, dtype=np.float64)
+    if L is None:
+        return sigma * special.ndtri(p)
+    q = np.minimum(p, 1 - p)  # exact for p in [1/2, 1] (Sterbenz); Q(1 - q) = -Q(q)
+    c = sigma * special.ndtri(q)  # Cohen's value, <= 0, -inf at q = 0
+    h = 0.5 / L
+    finite = q > 0
+    # Q(q) in [c - h, c] for q <= 1/2: G(c) >= Phi(c / sigma) = q (U spreads the tail, see
+    # lipschitz_probit) and G(c - h) <= Phi(c / sigma) (G(t) <= Phi((t + h) / sigma)).
+    lo, hi = np.where(finite, c - h, 0.0), np.where(finite, c, 0.0)
+    target = np.where(finite, q, 0.5)
+    for _ in range(110):
+        mid = (lo + hi) / 2
+        below = _ramp_cdf(mid, sigma, L) < target
+        lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
+    lo, hi = np.where(finite, lo, -np.inf), np.where(finite, hi, -np.inf)
+    flipped = p > 0.5
+    # for q = p the root is in [lo, hi]; for q = 1 - p it is in [-hi, -lo]
+    half = q == 0.5  # Q(1/2) = 0 exactly (G is symmetric)
+    down = np.where(half, 0.0, np.where(flipped, -hi, lo))
+    up = np.where(half, 0.0, np.where(flipped, -lo, hi))
+    return up if round_up else down
+
+
+def _probabilities(p, name: str):
+    """``p`` as a float64 numpy array in [0, 1] and whether it was a number (a float is returned)."""
+    import numpy as np
+
+    if isinstance(p, Tensor):
+        _check_tensor(p, name, nonempty=False)
+        values, scalar = p.detach().double().cpu().numpy(), False
+    elif isinstance(p, (int, float)) and not isinstance(p, bool):
+        if not math.isfinite(p):
+            raise ValueError(f"{name} must be a probability in [0, 1], got {p!r}")
+        values, scalar = np.asarray(float(p)), True
+    else:
+        raise TypeError(f"{name} must be a number or a floating tensor of probabilities, got {type(p).__name__}")
+    if values.size and ((values < 0).any() or (values > 1).any()):
+        raise ValueError(f"{name} must lie in [0, 1], got values in [{values.min()}, {values.max()}]")
+    return values, scalar
+
+
+def lipschitz_probit(p: float | Tensor, sigma: float, *, base_lipschitz: float | None = None) -> float | Tensor:
+    r"""The map :math:`Q_{\sigma, L}` that makes a smoothed :math:`L`-Lipschitz probability 1-Lipschitz.
+
+    :math:`Q_{\sigma, L}` is the quantile function of :math:`\sigma W + U` with :math:`W \sim
+    \mathcal{N}(0, 1)` and :math:`U` uniform on :math:`[-\frac{1}{2L}, \frac{1}{2L}]`
+    independent; its distribution function is
+
+    .. math::
+
+        G_{\sigma, L}(t) = \mathbb{E}\,\operatorname{clip}\big(L(t + \sigma W) + \tfrac12, 0, 1\big)
+        = L\!\int_{t - 1/(2L)}^{t + 1/(2L)} \Phi(s / \sigma)\, ds,
+
+    the Gaussian smoothing of the ramp of slope :math:`L`. Theorem (the Lipschitz-aware
+    certificate of Delattre et al. 2025 [delattre2025bridging], in closed form): if
+    :math:`h : \mathbb{R}^d \to [0, 1]` is :math:`L`-Lipschitz in L2 and :math:`F(x) =
+    \mathbb{E}\, h(x + \sigma Z)`, then :math:`Q_{\sigma, L} \circ F` is 1-Lipschitz, and the
+    ramp :math:`h(x) = \operatorname{clip}(L u^\top x + \frac12, 0, 1)` makes it an isometry
+    along :math:`u`, so nothing better holds for every such :math:`h`.
+
+    Proof sketch. (i) Gradient bound: by Stein's identity and the reduction to one dimension of
+    :func:`smoothed_lipschitz_constant`, :math:`u^\top\nabla F(x) = \mathbb{E}[g(\sigma W)W] /
+    \sigma` for some :math:`L`-Lipschitz :math:`g` with values in [0, 1] and
+    :math:`\mathbb{E}\, g(\sigma W) = F(x) = p`. Let :math:`g^*` be the increasing ramp of slope
+    :math:`L` from 0 to 1 with the same mean. Then :math:`D = g - g^*` is :math:`\ge 0` left of the
+    ramp, :math:`\le 0` right of it, and non-increasing on it (:math:`g' \le L = g^{*\prime}`),
+    so it changes sign once, at some :math:`s_0`; since :math:`\mathbb{E}\, D(\sigma W) = 0`,
+    :math:`\mathbb{E}[D(\sigma W)\, W] = \mathbb{E}[D(\sigma W)(W - s_0/\sigma)] \le 0`. Hence
+    :math:`\|\nabla F(x)\| \le \psi(p) = L(\Phi(b/\sigma) - \Phi(a/\sigma))`, :math:`[a, b]`
+    the support of the slope of :math:`g^*`, and :math:`\psi = G' \circ G^{-1}` (the density of
+    :math:`\sigma W + U` at its :math:`p` quantile). (ii) Along any segment,
+    :math:`|\frac{d}{dt} Q(F)| = |\nabla F \cdot u| / \psi(F) \le 1` (apply (i) to :math:`1 - h`
+    for the other sign).
+
+    As :math:`L \to \infty` the uniform part vanishes and :math:`Q \to \sigma\Phi^{-1}`: Salman et
+    al.'s lemma behind Cohen et al.'s radius [salman2019provably], [cohen2019certified]. For every
+    finite :math:`L`, :math:`Q_{\sigma, L}(p) \ge \sigma\Phi^{-1}(p)` when :math:`p \ge 1/2` (and
+    :math:`\le` below): for :math:`t \ge 0`, :math:`\mathbb{P}(\sigma W + U > t) \ge
+    \mathbb{P}(\sigma W > t)` because :math:`u \mapsto \bar\Phi((t - u)/\sigma) + \bar\Phi((t +
+    u)/\sigma)` increases on :math:`u \ge 0`. The gain is largest when the ramp is wide compared
+    with the noise, :math:`1/L \gtrsim \sigma`. The paper's code evaluates the local constant
+    :math:`\psi(p) / \varphi(\Phi^{-1}(p))` of :math:`\Phi^{-1} \circ F` at the centre only
+    (its :math:`\rho = 0`); integrating :math:`1/\psi` exactly, as here, gives the tight radius,
+    which is at least that value.
+
+    Args:
+        p: probabilities in [0, 1], a number or a floating tensor of any shape.
+        sigma: the noise level :math:`\sigma > 0`.
+        base_lipschitz: :math:`L > 0`, or None for :math:`L = \infty`
+            (:math:`\sigma\Phi^{-1}(p)`).
+
+    Returns:
+        :math:`Q_{\sigma, L}(p)`: a float for a number, else a float64 CPU tensor of the shape of
+        ``p``; :math:`\pm\infty` at 1 and 0. Computed by bisection to float64 resolution, with
+        :math:`G` accurate to about 1e-13 relative, and rounded down.
+    """
+    values, scalar = _probabilities(p, "p")
+    sigma = _check_sigma(sigma)
+    L = _check_lipschitz(base_lipschitz, "base_lipschitz", allow_none=True)
+    out = _lipschitz_probit(values, sigma, L, round_up=False)
+    return float(out) if scalar else torch.from_numpy(out.astype("float64")).reshape(p.shape)
+
+
+def lipschitz_aware_radius(
+    p_a: float | Tensor, sigma: float, *, base_lipschitz: float | None = None, p_b: float | Tensor | None = None
+) -> float | Tensor:
+    r"""The certified L2 radius from bounds on the smoothed probabilities of an :math:`L`-Lipschitz soft base.
+
+    If every class probability :math:`h_c` of the base is :math:`L`-Lipschitz with values in
+    [0, 1] and :math:`F_c = \mathbb{E}\, h_c(\cdot + \sigma Z)` satisfies :math:`F_A(x) \ge
+    \underline{p_A}` and :math:`F_c(x) \le \overline{p_B}` for every :math:`c \ne A`, then, since
+    each :math:`Q_{\sigma, L} \circ F_c` is 1-Lipschitz (:func:`lipschitz_probit`),
+    :math:`\arg\max_c F_c` is :math:`A` on the L2 ball of radius
+
+    .. math::
+
+        R = \tfrac12\big(Q_{\sigma, L}(\underline{p_A}) - Q_{\sigma, L}(\overline{p_B})\big),
+
+    which is :math:`Q_{\sigma, L}(\underline{p_A})` for :math:`\overline{p_B} = 1 -
+    \underline{p_A}` (the default) [delattre2025bridging]. With ``base_lipschitz=None``
+    (:math:`L = \infty`) this is Cohen et al.'s :math:`\frac{\sigma}{2}(\Phi^{-1}(\underline{p_A})
+    - \Phi^{-1}(\overline{p_B}))` [cohen2019certified]; for every finite :math:`L` it is at least
+    as large, and it decreases with :math:`L`.
+
+    Args:
+        p_a: :math:`\underline{p_A}`, a number or a floating tensor in [0, 1].
+        sigma: the noise level :math:`\sigma > 0`.
+        base_lipschitz: :math:`L > 0` (each class probability's L2 constant; see
+            :func:`simplex_map_lipschitz`), or None for :math:`L = \infty`.
+        p_b: :math:`\overline{p_B}` (broadcast with ``p_a``); None for :math:`1 - \underline{p_A}`.
+
+    Returns:
+        :math:`\max(R, 0)` (0: nothing is certified), a float for numbers, else a float64 CPU
+        tensor; rounded down.
+    """
+    import numpy as np
+
+    a_values, a_scalar = _probabilities(p_a, "p_a")
+    sigma = _check_sigma(sigma)
+    L = _check_lipschitz(base_lipschitz, "base_lipschitz", allow_none=True)
+    if p_b is None:
+        b_values, b_scalar = 1 - a_values, a_scalar
+    else:
+        b_values, b_scalar = _probabilities(p_b, "p_b")
+    try:
+        a_values, b_values = np.broadcast_arrays(a_values, b_values)
+    except ValueError:
+        raise ValueError(
+            f"p_b of shape {b_values.shape} does not broadcast with p_a of shape {a_values.shape}") from None
+    with np.errstate(invalid="ignore"):
+        radius = (_lipschitz_probit(a_values, sigma, L, False) - _lipschitz_probit(b_values, sigma, L, True)) / 2
+    radius = np.where(radius > 0, radius, 0.0)  # also NaN (inf - inf) -> 0
+    if a_scalar and b_scalar:
+        return float(radius)
+    return torch.from_numpy(np.ascontiguousarray(radius, dtype=np.float64))
+
+
+# --------------------------------------------------------------------------- class partitions
+
+
+class PartitionBounds(NamedTuple):
+    """The bounds of :func:`partition_bounds`.
+
+    Attributes:
+        top: the class chosen on the selection counts.
+        p_a_lower: a lower bound of its probability.
+        p_b_upper: an upper bound of every other class's probability.
+        buckets: the partition of the classes, ``buckets[0] == [top]``.
+    """
+
+    top: int
+    p_a_lower: float
+    p_b_upper: float
+    buckets: list
+
+
+def _class_partition(selection: list[int]) -> list[list[int]]:
+    """Buckets: the top class, the runner-up, then the next classes one at a time while the rest
+    together got more selection votes than the runner-up, then the rest as one bucket."""
+    order = sorted(range(len(selection)), key=lambda c: (-selection[c], c))
+    buckets = [[order[0]], [order[1]]]
+    rest = order[2:]
+    runner_up = selection[order[1]]
+    while rest and sum(selection[c] for c in rest) > runner_up:
+        buckets.append([rest.pop(0)])
+    if rest:
+        buckets.append(sorted(rest))
+    return buckets
+
+
+def _check_counts(counts, name: str, num_classes: int | None = None) -> list[int]:
+    if isinstance(counts, Tensor):
+        if counts.is_floating_point() or counts.is_complex() or counts.dtype == torch.bool or counts.ndim != 1:
+            raise ValueError(f"{name} must be a 1-d integer tensor of counts, got {counts.dtype} {tuple(counts.shape)}")
+        counts = counts.tolist()
+    if isinstance(counts, (str, bytes)) or not isinstance(counts, Sequence):
+        raise TypeError(f"{name} must be a sequence or 1-d integer tensor of counts, got {type(counts).__name__}")
+    counts = list(counts)
+    if not all(isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in counts):
+        raise ValueError(f"{name} must hold ints >= 0, got {counts!r}")
+    if len(counts) < 2 or (num_classes is not None and len(counts) != num_classes):
+        want = ">= 2" if num_classes is None else str(num_classes)
+        raise ValueError(f"{name} must have {want} entries (one per class), got {len(counts)}")
+    if sum(counts) < 1:
+        raise ValueError(f"{name} must count at least one sample, got {counts!r}")
+    return counts
+
+
+def _clopper_pearson_upper(successes: int, trials: int, alpha: float) -> float:
+    """The one-sided Clopper-Pearson upper bound, ``1 - clopper_pearson_lower(trials - successes, ...)``."""
+    return 1.0 - clopper_pearson_lower(trials - successes, trials, alpha)
+
+
+def partition_bounds(selection_counts, counts, alpha: float) -> PartitionBounds:
+    r"""Bounds on the top class's probability and on every other one, by partitioning the classes.
+
+    The class-partition method of Delattre et al. 2025 [delattre2025bridging]. The selection
+    counts (``n0`` samples, independent of ``counts``) order the classes and group them into
+    :math:`k` buckets: the top class :math:`\hat c_A`, the runner-up, then the next classes one
+    at a time while the remaining ones together received more selection votes than the
+    runner-up, then all remaining classes as one bucket. Each bucket's probability (the sum of its
+    classes') gets a one-sided Clopper-Pearson bound at level :math:`\alpha / k` from ``counts``:
+    a lower bound for the top bucket, upper bounds for the others. By the union bound, with
+    probability at least :math:`1 - \alpha` all :math:`k` hold, and then :math:`p_A \ge
+    \underline{p_A}` and every other class, being inside a bucket, has :math:`p_c \le
+    \overline{p_B} = \min(\max_{j \ge 2} \overline{p}_{j}, 1 - \underline{p_A})`. Bounding each
+    of the :math:`C - 1` other classes separately would cost :math:`\alpha / C`; lumping the
+    classes that got few selection votes keeps :math:`k` small, since their total is then
+    below the runner-up's. The partition is valid because it depends only on the selection
+    counts.
+
+    Args:
+        selection_counts: votes per class from the selection samples (a sequence of ints or a
+            1-d integer tensor of length :math:`C >= 2`).
+        counts: votes per class from the estimation samples, same length; :math:`n` is their sum.
+        alpha: the failure probability, in (0, 1).
+
+    Returns:
+        A :class:`PartitionBounds` ``(top, p_a_lower, p_b_upper, buckets)``.
+    """
+    selection = _check_counts(selection_counts, "selection_counts")
+    estimation = _check_counts(counts, "counts", len(selection))
+    alpha = _check_alpha(alpha)
+    n = sum(estimation)
+    buckets = _class_partition(selection)
+    level = alpha / len(buckets)
+    totals = [sum(estimation[c] for c in bucket) for bucket in buckets]
+    p_a = clopper_pearson_lower(totals[0], n, level)
+    p_b = min(max(_clopper_pearson_upper(k, n, level) for k in totals[1:]), 1.0 - p_a)
+    return PartitionBounds(buckets[0][0], p_a, p_b, buckets)
+
+
+# --------------------------------------------------------------------------- variance under noise
+
+
+class SmoothedVariance(NamedTuple):
+    """The Monte Carlo moments of :func:`smoothed_variance`.
+
+    Attributes:
+        mean: ``(N, K)`` float64, the estimate of the smoothed output :math:`F(x_i)`.
+        variance: ``(N, K)`` float64, the unbiased sample variance of :math:`f(x_i + \\delta)`.
+        bound: :math:`\\sigma^2 L^2`, the Gaussian Poincare bound of every entry of ``variance``'s
+            expectation.
+    """
+
+    mean: Tensor
+    variance: Tensor
+    bound: float
+
+
+def smoothed_variance(
+    fn,
+    x: Tensor,
+    sigma: float,
+    n: int,
+    *,
+    lipschitz: float,
+    batch_size: int = 4096,
+    generator: torch.Generator | None = None,
+    progress: bool | None = False,
+) -> SmoothedVariance:
+    r"""The Monte Carlo variance of each output of :math:`f(x + \delta)`, next to its bound :math:`\sigma^2 L^2`.
+
+    Gaussian Poincare inequality (Chernoff 1981 in one dimension [chernoff1981note]): for
+    :math:`\delta \sim \mathcal{N}(0, \sigma^2 I)` and :math:`f_k` differentiable almost
+    everywhere, :math:`\operatorname{Var} f_k(x + \delta) \le \sigma^2\, \mathbb{E}\|\nabla f_k(x
+    + \delta)\|^2 \le \sigma^2 L^2` when :math:`f` (hence each of its coordinates) is
+    :math:`L`-Lipschitz in L2, with equality for linear :math:`f_k`. This variance is what sets
+    the width of the empirical Bernstein intervals of :meth:`Smooth.certify_lvm`
+    [delattre2024lipschitz]: a base with a small Lipschitz constant has low-variance smoothed
+    outputs, so few samples pin them down. The bound is per coordinate; the sum over coordinates
+    can reach :math:`\sigma^2 \mathbb{E}\|J_f\|_F^2`, more than :math:`\sigma^2 L^2`.
+
+    Args:
+        fn: a module or callable mapping a batch ``(B, *input_shape)`` to outputs ``(B, K)`` or
+            ``(B,)`` (e.g. ``lambda z: simplex_map(model(z), "softmax", 1.0)``). A module is
+            evaluated in eval mode on its parameters' device; modes are restored afterwards.
+        x: the points, a finite floating batch ``(N, *input_shape)``.
+        sigma: the noise level :math:`\sigma > 0`.
+        n: noise samples per point, >= 2.
+        lipschitz: :math:`L > 0`, an L2 Lipschitz constant of ``fn`` (each coordinate's suffices).
+        batch_size: noisy inputs per call of ``fn``, >= 1.
+        generator: the source of the noise (on its device). progress: a bar over the points.
+
+    Returns:
+        A :class:`SmoothedVariance` ``(mean, variance, bound)``, tensors ``(N, K)`` (``K = 1`` for
+        scalar outputs) on the CPU.
+
+    Raises:
+        ValueError: NaN or infinite inputs or outputs, ``n < 2``, a bad ``sigma`` or ``lipschitz``.
+    """
+    if not callable(fn):
+        raise TypeError(f"fn must be a module or a callable, got {type(fn).__name__}")
+    _check_tensor(x, "x", min_dims=1)
+    if len(x) == 0:
+        raise ValueError("x must be a non-empty batch (N, *input_shape)")
+    sigma = _check_sigma(sigma)
+    n = _check_int(n, "n", 2)
+    lipschitz = _check_lipschitz(lipschitz, "lipschitz")
+    batch_size = _check_int(batch_size, "batch_size")
+    _check_generator(generator)
+    progress = _check_progress(progress)
+    device, dtype = x.device, x.dtype
+    if isinstance(fn, nn.Module):
+        for p in fn.parameters():
+            device, dtype = p.device, (p.dtype if p.is_floating_point() else x.dtype)
+            break
+    x = x.to(device=device, dtype=dtype)
+    noise_device = generator.device if generator is not None else device
+    means, variances = [], []
+    context = eval_mode(fn) if isinstance(fn, nn.Module) else contextlib.nullcontext()
+    with context, torch.inference_mode():
+        for point in tqdm(x, disable=not progress, desc="points", leave=False):
+            count, mean, m2 = 0, None, None
+            remaining = n
+            while remaining > 0:
+                b = min(batch_size, remaining)
+                noise = torch.empty((b, *point.shape), device=noise_device, dtype=dtype)
+                noise.normal_(0.0, sigma, generator=generator)
+                out = fn(noise.to(device) + point)
+                if not isinstance(out, Tensor) or out.ndim not in (1, 2) or len(out) != b:
+                    got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+                    raise ValueError(f"fn must return outputs (B, K) or (B,) for a batch of {b} inputs, got {got}")
+                out = out.reshape(b, -1).double().cpu()
+                if not bool(torch.isfinite(out).all()):
+                    raise ValueError("fn returned NaN or infinite outputs on noisy copies of x")
+                batch_mean = out.mean(0)
+                batch_m2 = (out - batch_mean).square().sum(0)
+                if mean is None:
+                    mean, m2 = batch_mean, batch_m2
+                else:  # Chan et al.'s pairwise update: no cancellation
+                    delta = batch_mean - mean
+                    total = count + b
+                    mean = mean + delta * (b / total)
+                    m2 = m2 + batch_m2 + delta.square() * (count * b / total)
+                count += b
+                remaining -= b
+            means.append(mean)
+            variances.append(m2 / (count - 1))
+    return SmoothedVariance(torch.stack(means), torch.stack(variances), sigma**2 * lipschitz**2)
 
 
 # --------------------------------------------------------------------------- the smoothed classifier
@@ -484,6 +1034,9 @@ class Smooth:
         alpha: float,
         batch_size: int,
         *,
+        base_lipschitz: float | None = None,
+        soft_map: tuple[str, float] | None = None,
+        multiclass: str = "complement",
         generator: torch.Generator | None = None,
         progress: bool = False,
     ) -> tuple[int, float]:
@@ -496,23 +1049,94 @@ class Smooth:
         :math:`1 - \alpha` the smoothed classifier is :math:`\hat c_A` on the whole L2 ball of that
         radius [cohen2019certified]. The radius is at most :func:`max_certifiable_radius`.
 
+        Soft votes and Lipschitz bases. The hard vote :math:`\mathbb{1}[\arg\max f(x) = c]` is
+        not Lipschitz, so a Lipschitz network gains nothing from it. With ``soft_map=(kind, T)``
+        each noisy sample instead votes for a class *drawn* from the probability vector
+        :math:`h(x + \delta) = ` :func:`simplex_map` ``(f(x + delta), kind, T)``: the votes are
+        exactly multinomial with probabilities :math:`F_c(x) = \mathbb{E}\, h_c(x + \delta)`, so
+        Clopper-Pearson stays exact, and the certified classifier is :math:`\arg\max_c F_c`.
+        With ``base_lipschitz=L`` (which needs ``soft_map``) the radius uses that every
+        coordinate :math:`x \mapsto h_c(x)` is :math:`L`-Lipschitz in L2: it is
+        :func:`lipschitz_aware_radius`, :math:`Q_{\sigma, L}(\underline{p_A})` instead of
+        :math:`\sigma\Phi^{-1}(\underline{p_A})` [delattre2025bridging], never smaller, equal
+        in the limit :math:`L \to \infty`. For a network whose logits are :math:`L_z`-Lipschitz,
+        :func:`simplex_map_lipschitz` gives :math:`L` (softmax at temperature :math:`T`:
+        :math:`\sqrt{2} L_z / (4T)`). A wrong ``base_lipschitz`` voids the guarantee.
+
+        Several classes (``multiclass``): ``"complement"`` bounds the runner-up by
+        :math:`1 - \underline{p_A}` (Cohen et al.); ``"partition"`` uses
+        :func:`partition_bounds` on the selection and estimation counts (each bound at
+        :math:`\alpha / k` for :math:`k` buckets) and returns :math:`\frac12(Q(\underline{p_A})
+        - Q(\overline{p_B}))`, which certifies points whose top class has less than half the
+        votes (e.g. for :math:`p = (0.45, 0.2, \dots)`).
+
         Args:
             x: one input, shape ``input_shape`` (no batch dimension).
             n0: selection samples, >= 1. n: estimation samples, >= 1.
             alpha: failure probability, in (0, 1).
             batch_size: noisy copies per forward pass, >= 1.
-            generator: the source of the noise. progress: a bar over the ``n`` samples.
+            base_lipschitz: an L2 Lipschitz constant of each coordinate of the soft output
+                ``simplex_map(base(x), *soft_map)``, finite and > 0; None: Cohen et al.'s radius.
+            soft_map: ``(kind, temperature)`` with ``kind`` ``"softmax"`` or ``"sparsemax"``
+                (``"hardmax"`` is the vote) to vote from the soft output; None: hard votes.
+            multiclass: ``"complement"`` or ``"partition"`` (``n0`` must then give at least a
+                runner-up: any ``n0 >= 1`` works, ties broken by class index).
+            generator: the source of the noise (and of the soft votes). progress: a bar over the
+                ``n`` samples.
         """
         n0, n = _check_int(n0, "n0"), _check_int(n, "n")
         alpha, batch_size = _check_alpha(alpha), _check_int(batch_size, "batch_size")
+        L = _check_lipschitz(base_lipschitz, "base_lipschitz", allow_none=True)
+        soft = self._check_soft_map(soft_map, L)
+        if not isinstance(multiclass, str) or multiclass not in ("complement", "partition"):
+            raise ValueError(f"multiclass must be 'complement' or 'partition', got {multiclass!r}")
         _check_generator(generator)
         progress = _check_progress(progress)
-        c_hat = int(self.sample_counts(x, n0, batch_size, generator=generator).argmax())
-        n_a = int(self.sample_counts(x, n, batch_size, generator=generator, progress=progress)[c_hat])
-        p_lower = clopper_pearson_lower(n_a, n, alpha)
+        if soft is None:
+            selection = self.sample_counts(x, n0, batch_size, generator=generator)
+            counts = self.sample_counts(x, n, batch_size, generator=generator, progress=progress)
+        else:
+            selection = self._soft_counts(x, n0, batch_size, soft, generator, False)
+            counts = self._soft_counts(x, n, batch_size, soft, generator, progress)
+        if multiclass == "partition":
+            top, p_a, p_b, _ = partition_bounds(selection, counts, alpha)
+            radius = lipschitz_aware_radius(p_a, self.sigma, base_lipschitz=L, p_b=p_b)
+            return (top, radius) if radius > 0 else (ABSTAIN, 0.0)
+        c_hat = int(selection.argmax())
+        p_lower = clopper_pearson_lower(int(counts[c_hat]), n, alpha)
         if p_lower <= 0.5:
             return ABSTAIN, 0.0
-        return c_hat, self.sigma * float(_stats().norm.ppf(p_lower))
+        if L is None:
+            return c_hat, self.sigma * float(_stats().norm.ppf(p_lower))
+        return c_hat, lipschitz_aware_radius(p_lower, self.sigma, base_lipschitz=L)
+
+    def _check_soft_map(self, soft_map, L: float | None) -> tuple[str, float] | None:
+        if soft_map is None:
+            if L is not None:
+                raise ValueError(
+                    "base_lipschitz needs soft_map=(kind, temperature): the hard vote is not Lipschitz, the "
+                    "constant must be that of each coordinate of simplex_map(base(x), kind, temperature)")
+            return None
+        if not isinstance(soft_map, (tuple, list)) or len(soft_map) != 2:
+            raise ValueError(f"soft_map must be a (kind, temperature) pair or None, got {soft_map!r}")
+        kind, temperature = _check_map(*soft_map, where="soft_map: ")
+        if kind == "hardmax" and L is not None:
+            raise ValueError("soft_map kind 'hardmax' (the vote) is not Lipschitz: base_lipschitz needs "
+                             "'softmax' or 'sparsemax'")
+        return kind, temperature
+
+    def _soft_counts(self, x, num, batch_size, soft, generator, progress) -> Tensor:
+        """Votes drawn from the soft outputs: one class per noisy copy, with probabilities
+        ``simplex_map(logits, *soft)`` (computed in float64), by inverse transform sampling."""
+        kind, temperature = soft
+        counts = torch.zeros(self.num_classes, dtype=torch.int64)
+        for logits in self._noisy_logits(x, num, batch_size, generator, progress):
+            cdf = _simplex_map(logits.double(), kind, temperature).cumsum(1)
+            u = torch.rand(len(logits), device=generator.device if generator is not None else logits.device,
+                           dtype=torch.float64, generator=generator).to(logits.device)
+            drawn = (cdf < u[:, None]).sum(1).clamp_max(self.num_classes - 1)
+            counts += torch.bincount(drawn, minlength=self.num_classes).cpu()
+        return counts
 
     # ----------------------------------------------------------------- Lipschitz-variance-margin
 
@@ -720,6 +1344,9 @@ def certify_dataset(
     alpha: float,
     batch_size: int,
     method: str = "cohen",
+    base_lipschitz: float | None = None,
+    soft_map: tuple[str, float] | None = None,
+    multiclass: str = "complement",
     max_points: int | None = None,
     generator: torch.Generator | None = None,
     progress: bool | None = None,
@@ -732,6 +1359,9 @@ def certify_dataset(
         smooth: the smoothed classifier.
         data: a Dataset, a DataLoader or an ``(inputs, labels)`` pair of tensors.
         n0, n, alpha, batch_size: as :meth:`Smooth.certify`.
+        base_lipschitz, soft_map, multiclass: as :meth:`Smooth.certify` (``method="cohen"``
+            only): Lipschitz-aware radii [delattre2025bridging] from votes drawn from the soft
+            output, and the class-partition bounds.
         max_points: certify only the first ``max_points`` points.
         generator: the source of the noise.
         progress: a bar over the points; None shows it unless the environment variable
@@ -747,6 +1377,13 @@ def certify_dataset(
         raise ValueError(f"method must be 'cohen' or 'lvm', got {method!r}")
     if lvm_options and method != "lvm":
         raise ValueError(f"options {sorted(lvm_options)} apply only to method='lvm'")
+    L = _check_lipschitz(base_lipschitz, "base_lipschitz", allow_none=True)
+    smooth._check_soft_map(soft_map, L)
+    if not isinstance(multiclass, str) or multiclass not in ("complement", "partition"):
+        raise ValueError(f"multiclass must be 'complement' or 'partition', got {multiclass!r}")
+    cohen_options = dict(base_lipschitz=L, soft_map=soft_map, multiclass=multiclass)
+    if method == "lvm" and (L is not None or soft_map is not None or multiclass != "complement"):
+        raise ValueError("base_lipschitz, soft_map and multiclass apply only to method='cohen'")
     _check_int(n0, "n0")
     _check_int(n, "n", 2 if method == "lvm" else 1)
     _check_alpha(alpha)
@@ -764,7 +1401,7 @@ def certify_dataset(
                 if max_points is not None and len(labels) >= max_points:
                     break
                 if method == "cohen":
-                    c, r = smooth.certify(x, n0, n, alpha, batch_size, generator=generator)
+                    c, r = smooth.certify(x, n0, n, alpha, batch_size, generator=generator, **cohen_options)
                 else:
                     c, r = smooth.certify_lvm(x, n0, n, alpha, batch_size, generator=generator, **lvm_options)
                 predictions.append(c)
