@@ -39,6 +39,7 @@ def calls(device: torch.device | str = "cpu", size: str = "tiny") -> list[Call]:
     """The calls, with fresh models and data on ``device``."""
     from stabilitylab import attacks, certify, curvature, data, layers, lipschitz, losses, models, smoothing, spectral
     from stabilitylab import testing, timing, train
+    import stabilitylab.frequency as frequency
 
     device = torch.device(device)
     full = size == "full"
@@ -136,6 +137,28 @@ def calls(device: torch.device | str = "cpu", size: str = "tiny") -> list[Call]:
              dict(sigma=0.5, n=1000, alpha=0.001), device_free=True),
         Call("smoothing.simplex_map", smoothing.simplex_map, dict(logits=logits, kind="sparsemax")),
         Call("smoothing.sparsemax", smoothing.sparsemax, dict(z=logits)),
+        # smoothing: Lipschitz bases (smoothed constant, Lipschitz-aware radii, class partitions, variance)
+        Call("smoothing.Smooth.certify[lipschitz]", smooth.certify,
+             dict(x=xv[0], n0=64, n=n_noise, alpha=0.001, batch_size=1024, base_lipschitz=0.35,
+                  soft_map=("softmax", 1.0), multiclass="partition", generator=_gen()), device_free=True),
+        Call("smoothing.certify_dataset[lipschitz]", smoothing.certify_dataset,
+             dict(smooth=smooth, data=(xv[:4], yv[:4]), n0=16, n=64, alpha=0.01, batch_size=256,
+                  base_lipschitz=0.35, soft_map=("softmax", 1.0), generator=_gen()), device_free=True),
+        Call("smoothing.smoothed_lipschitz_constant", smoothing.smoothed_lipschitz_constant,
+             dict(L=1.0, sigma=0.5, value_range=1.0), device_free=True),
+        Call("smoothing.simplex_map_lipschitz", smoothing.simplex_map_lipschitz,
+             dict(kind="softmax", temperature=1.0, num_classes=c, logit_lipschitz=1.0), device_free=True),
+        Call("smoothing.lipschitz_probit", smoothing.lipschitz_probit,
+             dict(p=torch.tensor([0.6, 0.9], device=device), sigma=0.5, base_lipschitz=0.35), device_free=True),
+        Call("smoothing.lipschitz_aware_radius", smoothing.lipschitz_aware_radius,
+             dict(p_a=torch.tensor([0.6, 0.9], device=device), sigma=0.5, base_lipschitz=0.35,
+                  p_b=torch.tensor([0.3, 0.05], device=device)), device_free=True),
+        Call("smoothing.partition_bounds", smoothing.partition_bounds,
+             dict(selection_counts=[50, 30, 10, 5, 5], counts=[500, 300, 100, 50, 50], alpha=0.01),
+             device_free=True),
+        Call("smoothing.smoothed_variance", smoothing.smoothed_variance,
+             dict(fn=lip_mlp, x=xv[:2], sigma=0.5, n=n_noise, lipschitz=1.0, batch_size=1024,
+                  generator=_gen(device)), device_free=True),
         # curvature
         Call("curvature.hvp", curvature.hvp, dict(closure=closure, params=params,
                                                   v=[torch.randn_like(p) for p in params])),
@@ -171,6 +194,9 @@ def calls(device: torch.device | str = "cpu", size: str = "tiny") -> list[Call]:
         Call("losses.multiclass_hinge_loss", losses.multiclass_hinge_loss, dict(logits=logits, labels=yv), nan_passes=("logits",)),
         Call("losses.offset_cross_entropy", losses.offset_cross_entropy, dict(logits=logits, labels=yv), nan_passes=("logits",)),
         Call("losses.logit_annealing_loss", losses.logit_annealing_loss, dict(logits=logits, labels=yv), nan_passes=("logits",)),
+        # losses.lipschitz_penalty: the Gram-iteration penalty sum_l relu(s_l - tau) of the CNN's layers
+        Call("losses.lipschitz_penalty", losses.lipschitz_penalty,
+             dict(model=cnn, input_shape=(ch, hw, hw), tau=0.5, n_iter=6, tol=1e-3)),
         # train
         Call("train.fit", train.fit, dict(model=models.mlp(d, c, hidden=(16,)).to(device), train_data=(xv, yv),
                                           epochs=1, batch_size=64, generator=_gen(), progress=False),
@@ -203,7 +229,24 @@ def calls(device: torch.device | str = "cpu", size: str = "tiny") -> list[Call]:
         # data
         Call("data.load_dataset", data.load_dataset, dict(name="moons", n_samples=64), device_free=True),
         Call("data.available_datasets", data.available_datasets, {}, device_free=True),
+        # frequency (stabilitylab.frequency: band masks, band-limited noise, per-band sensitivity and SNR)
+        Call("frequency.band_masks", frequency.band_masks, dict(size=hw, n_bands=3, kind="radial", device=device)),
+        Call("frequency.band_decompose", frequency.band_decompose, dict(x=xi, n_bands=3, kind="square")),
+        Call("frequency.bandlimited_noise", frequency.bandlimited_noise,
+             dict(shape=tuple(xi.shape), band=1, n_bands=3, kind="radial", dtype=xi.dtype, device=device,
+                  generator=_gen())),
+        Call("frequency.band_sensitivity", frequency.band_sensitivity,
+             dict(model=cnn, x=xi, n_bands=3, eps=0.5, n_samples=2, kind="radial", generator=_gen(), progress=False),
+             device_free=True),
+        Call("frequency.bandlimited_accuracy", frequency.bandlimited_accuracy,
+             dict(model=cnn, x=xi, y=yi, n_bands=3, eps=0.5, n_samples=2, kind="radial", generator=_gen(),
+                  progress=False), device_free=True),
+        Call("frequency.band_energy", frequency.band_energy, dict(x=xi, n_bands=3, kind="radial")),
+        Call("frequency.spectral_snr", frequency.spectral_snr,
+             dict(x=xi, noise=0.1 * torch.randn(xi.shape, generator=g).to(device), n_bands=3, kind="radial")),
     ]
+    out += _dynamics_calls(device, full, xv, yv, W, c)  # dynamics: see _dynamics_calls below
+    out += _topology_calls(device, full)  # topology: see _topology_calls below
     # every layer: a training step (forward + backward) on the device
     b = 64 if full else 4
     conv_c, conv_hw = (64, 32) if full else (4, 8)
@@ -236,6 +279,82 @@ def calls(device: torch.device | str = "cpu", size: str = "tiny") -> list[Call]:
         out.append(Call(f"layers.{name}[export]", _exported, dict(make=make, shape=shape, device=device)))
     return out
 
+
+# dynamics (stabilitylab.dynamics): singular-value derivatives, SGD drift terms, the spectral monitor
+def _dynamics_calls(device, full, xv, yv, W, c) -> list[Call]:
+    import stabilitylab.dynamics as dynamics
+    from stabilitylab import models, train
+
+    g = _gen(seed=7)
+    m, n = W.shape
+    E = torch.randn(4, m, n, generator=g).to(device)
+    net = models.mlp(xv.shape[1], c, hidden=(64,) if full else (8,)).to(device)
+    grads = dynamics.per_sample_gradients(net, xv[:16], yv[:16], names=["1.weight"])["1.weight"]
+    weight = net[1].weight.detach()
+    monitor = dynamics.SpectralMonitor(every=1, drift_every=2, drift_samples=8, lr=0.1, generator=_gen())
+    return [
+        Call("dynamics.top_singular_pair", dynamics.top_singular_pair, dict(W=W)),
+        Call("dynamics.singular_value_gradient", dynamics.singular_value_gradient, dict(W=W)),
+        Call("dynamics.singular_value_hessian_quadform", dynamics.singular_value_hessian_quadform, dict(W=W, E=E)),
+        Call("dynamics.lipschitz_drift_terms", dynamics.lipschitz_drift_terms,
+             dict(W=weight, grad=grads.mean(0), per_sample_grads=grads, lr=0.1, batch_size=8, dataset_size=64)),
+        Call("dynamics.per_sample_gradients", dynamics.per_sample_gradients, dict(model=net, x=xv[:16], y=yv[:16])),
+        Call("dynamics.corrupt_labels", dynamics.corrupt_labels,
+             dict(labels=yv, rate=0.2, num_classes=c, generator=_gen())),
+        Call("dynamics.SpectralMonitor", dynamics.SpectralMonitor,
+             dict(every=1, n_iter=4, exact_every=2, drift_every=2, drift_data=(xv, yv), drift_samples=8, lr=0.1,
+                  batch_size=8, lower_points=xv[:4], generator=_gen()), device_free=True),
+        Call("dynamics.SpectralMonitor.observe", monitor.observe,
+             dict(model=net, step=0, x=xv[:8], y=yv[:8]), device_free=True),
+        Call("train.fit[callbacks]", train.fit,
+             dict(model=models.mlp(xv.shape[1], c, hidden=(8,)).to(device), train_data=(xv, yv), epochs=1,
+                  batch_size=16, optimizer="sgd", momentum=0.0, progress=False,
+                  callbacks=[dynamics.SpectralMonitor(drift_every=2, drift_samples=8, generator=_gen())]),
+             device_free=True),
+    ]
+
+
+def _topology_calls(device: torch.device, full: bool) -> list[Call]:
+    """stabilitylab.topology: orbits, persistence (with the ``topology`` extra), stable ranks,
+    vectorizations, certified radii and point-cloud perturbations."""
+    import importlib.util
+    import math
+
+    import stabilitylab.topology as topology
+
+    n_clouds, n_points = (64, 200) if full else (3, 20)
+    g = _gen(seed=11)
+    clouds = torch.rand(n_clouds, n_points, 2, generator=g, dtype=torch.float64).to(device)
+    labels = torch.arange(n_clouds).remainder(2).to(device)
+    diagram = torch.tensor([[0.0, 0.3], [0.1, 0.5], [0.2, 0.25]], dtype=torch.float64, device=device)
+    contour = topology.Contour(3, x_max=0.5).double().to(device)
+    out = [
+        Call("topology.orbit", topology.orbit, dict(r=4.1, n_points=n_points, n_orbits=2, generator=_gen()),
+             device_free=True),
+        Call("topology.pad_diagrams", topology.pad_diagrams,
+             dict(diagrams=[[diagram, diagram[:1]], [diagram[:2], diagram]], n_bars=4, dtype=torch.float64)),
+        Call("topology.stable_rank", topology.stable_rank,
+             dict(diagram=diagram, t=torch.tensor([0.0, 0.1], dtype=torch.float64, device=device), p=2.0,
+                  q=math.inf, contour=contour)),
+        Call("topology.sorted_half_lengths", topology.sorted_half_lengths, dict(diagram=diagram, m=4, contour=contour)),
+        Call("topology.certified_radius", topology.certified_radius,
+             dict(margin=torch.tensor([0.5, -0.1], dtype=torch.float64, device=device), lipschitz=1.0, m=4,
+                  sup_f=2.0)),
+        Call("topology.perturb_clouds", topology.perturb_clouds, dict(clouds=clouds, eps=0.01, generator=_gen())),
+    ]
+    if importlib.util.find_spec("ripser") is not None:  # the optional extra
+        model = topology.TopologicalClassifier(2, m=4, hidden=(8,), x_max=0.5, generator=_gen()).to(device)
+        out += [
+            Call("topology.persistence_diagrams", topology.persistence_diagrams,
+                 dict(clouds=clouds, maxdim=1, progress=False)),
+            Call("topology.attack_clouds", topology.attack_clouds,
+                 dict(model=model, clouds=clouds[:2], labels=labels[:2], eps=0.01, n_iter=2, step_size=0.005,
+                      maxdim=1, generator=_gen(), progress=False)),
+        ]
+    if importlib.util.find_spec("persim") is not None:
+        out.append(Call("topology.bottleneck_distance", topology.bottleneck_distance,
+                        dict(diagram_a=diagram, diagram_b=diagram[:2] + 0.01), device_free=True))
+    return out
 
 def _train_step(make, shape, device):
     layer = make().to(device).train()

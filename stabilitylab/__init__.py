@@ -4,7 +4,7 @@ The package behind the StabilityLab book: Lipschitz bounds and spectral norms, 1
 layers and certificates, randomized smoothing, and curvature analysis, for PyTorch.
 
 Modules (one per technique): ``spectral``, ``lipschitz``, ``layers``, ``losses``, ``certify``,
-``attacks``, ``smoothing``, ``curvature``, ``dynamics``, ``frequency``, ``data``, ``models``, ``train``, ``timing`` and
+``attacks``, ``smoothing``, ``curvature``, ``dynamics``, ``frequency``, ``data``, ``models``, ``train``, ``timing``, ``topology`` and
 ``testing`` (helpers for tests of Lipschitz guarantees). ``plot`` (the book's figures; the
 ``plot`` extra) and ``book`` (the chapter runner; the ``book`` extra) are imported on first use,
 so ``import stabilitylab`` loads neither matplotlib, seaborn nor pandas.
@@ -67,6 +67,7 @@ from stabilitylab import (
     smoothing,
     spectral,
     timing,
+    topology,
     train,
 )
 from stabilitylab.data import load_dataset
@@ -105,6 +106,7 @@ __all__ = [
     "spectral",
     "testing",
     "timing",
+    "topology",
     "train",
     "load_dataset",
     "fit",

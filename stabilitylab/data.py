@@ -45,6 +45,10 @@ _SHAPES_CHUNK = 500
 _DIGITS_TEST_SIZE = 450
 _DIGITS_SPLIT_SEED = 0
 _DIGITS_MAX_PIXEL = 16.0
+_ORBITS_DEFAULT_SIZES = {"train": 3500, "test": 1500}  # ORBIT5K: 1000 orbits per r, a 70/30 split
+_ORBITS_R = (2.5, 3.5, 4.0, 4.1, 4.3)
+_ORBITS_POINTS = 1000
+_ORBITS_CHUNK = 500
 
 
 class DatasetNotAvailableError(RuntimeError):
@@ -363,6 +367,27 @@ def _load_shapes(split: str, n_samples: int | None, seed: int) -> ArrayDataset:
     )
 
 
+# ----------------------------------------------------------------------------- orbits
+
+
+def _load_orbits(split: str, n_samples: int | None, seed: int) -> ArrayDataset:
+    from stabilitylab.topology import _orbits
+
+    n = _ORBITS_DEFAULT_SIZES[split] if n_samples is None else n_samples
+    clouds, labels = [], []
+    for k in range(-(-n // _ORBITS_CHUNK)):
+        stream = _stream_seed("orbits", split, seed, k)
+        generator = torch.Generator().manual_seed(int(stream.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1)))
+        y = torch.randperm(_ORBITS_CHUNK, generator=generator) % len(_ORBITS_R)
+        r = torch.tensor(_ORBITS_R, dtype=torch.float64)[y]
+        clouds.append(_orbits(r, _ORBITS_POINTS, generator))
+        labels.append(y)
+    return ArrayDataset(
+        torch.cat(clouds)[:n], torch.cat(labels)[:n], name="orbits",
+        classes=[f"r={r}" for r in _ORBITS_R], input_range=(0.0, 1.0),
+    )
+
+
 # ----------------------------------------------------------------------------- torchvision
 
 _TORCHVISION = {
@@ -371,8 +396,10 @@ _TORCHVISION = {
     "cifar10": "CIFAR10",
     "cifar100": "CIFAR100",
 }
-_OFFLINE = ["moons", "circles", "blobs", "digits", "shapes"]
+_OFFLINE = ["moons", "circles", "blobs", "digits", "shapes", "orbits"]
 _ALIASES = {"fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist"}
+# Generated sets accepted by load_dataset but not listed by available_datasets()
+_UNLISTED: list[str] = []
 
 
 def _default_root() -> Path:
@@ -523,8 +550,9 @@ def _check_args(name, split, n_samples, seed) -> str:
         raise TypeError(f"name must be a string, got {type(name).__name__}")
     key = name.strip().lower()
     key = _ALIASES.get(key, key)
-    if key not in available_datasets():
-        raise ValueError(f"name must be a known data set, got {name!r}; available: {', '.join(available_datasets())}")
+    if key not in available_datasets() and key not in _UNLISTED:
+        known = [*available_datasets(), *_UNLISTED]
+        raise ValueError(f"name must be a known data set, got {name!r}; available: {', '.join(known)}")
     if split not in _SPLITS:
         raise ValueError(f"split must be 'train' or 'test', got split={split!r}")
     if n_samples is not None:
@@ -571,6 +599,15 @@ def load_dataset(
       Default sizes: 5000 (train), 1000 (test). Images come in blocks of 500 drawn from
       streams seeded by ``(split, seed, block)``, so a smaller ``n_samples`` gives a
       prefix of a larger one.
+    * ``orbits``: ORBIT5K-style point clouds [adams2017persistence], shape ``(1000, 2)``
+      (1000 points in ``[0, 1)^2``), five balanced classes ``r=2.5``, ``r=3.5``, ``r=4.0``,
+      ``r=4.1``, ``r=4.3``: the orbit of a uniform random start under the linked twist map
+      with parameter :math:`r` (:func:`stabilitylab.topology.orbit`), stored in float32.
+      Default sizes: 3500 (train), 1500 (test) (ORBIT5K's 70/30 split). Orbits come in
+      blocks of 500 (100 per class, shuffled) drawn from streams seeded by
+      ``(split, seed, block)``, so a smaller ``n_samples`` gives a prefix of a larger one;
+      ``input_range = (0, 1)``. Take fewer points with ``ds.inputs[:, :n]`` (a prefix of an
+      orbit is an orbit).
 
     Torchvision sets (``mnist``, ``fashion-mnist``, ``cifar10``, ``cifar100``) are read
     with ``torchvision.datasets`` from ``root`` and converted to float32 in ``[0, 1]``,
@@ -592,7 +629,7 @@ def load_dataset(
             ``STABILITYLAB_DATA`` or ``~/.cache/stabilitylab/data``. Unused offline.
         download: Let torchvision download a missing set (needs a network).
         n_samples: Number of samples (default: the whole split / the default size).
-        seed: Non-negative seed of the generated sets (toys and ``shapes``).
+        seed: Non-negative seed of the generated sets (toys, ``shapes`` and ``orbits``).
 
     Returns:
         An :class:`ArrayDataset` with float32 inputs ``(N, *input_shape)`` and int64
@@ -618,4 +655,6 @@ def load_dataset(
         return _load_digits(split, n_samples)
     if key == "shapes":
         return _load_shapes(split, n_samples, int(seed))
+    if key == "orbits":
+        return _load_orbits(split, n_samples, int(seed))
     return _load_torchvision(key, split, root, download, n_samples)

@@ -30,12 +30,13 @@ OFFLINE = {
     "blobs": ((2,), 3, 1000, 500),
     "digits": ((1, 8, 8), 10, 1347, 450),
     "shapes": ((3, 32, 32), 6, 5000, 1000),
+    "orbits": ((1000, 2), 5, 3500, 1500),
 }
 TOYS = ["moons", "circles", "blobs"]
 
 
 def _small(name: str) -> int | None:
-    return 600 if name == "shapes" else None
+    return {"shapes": 600, "orbits": 50}.get(name)
 
 
 def _check_dataset(ds: ArrayDataset, name: str, split: str) -> None:
@@ -80,8 +81,8 @@ def test_offline_deterministic_and_splits_differ(name):
 
 def test_available_datasets_offline_first():
     names = available_datasets()
-    assert names[:5] == list(OFFLINE)
-    assert names[5:] == ["mnist", "fashion-mnist", "cifar10", "cifar100"]
+    assert names[:6] == list(OFFLINE)
+    assert names[6:] == ["mnist", "fashion-mnist", "cifar10", "cifar100"]
 
 
 def test_names_are_case_insensitive():
