@@ -58,6 +58,7 @@ def calls(device: torch.device | str = "cpu", size: str = "tiny") -> list[Call]:
     cnn = cnn.to(device).eval()
     lip_mlp = models.lipschitz_mlp(d, c, hidden=(256, 256) if full else (16,), layer="cayley", head="lln")
     lip_mlp = lip_mlp.to(device).eval()
+    residual = _ResidualNet(ch, c, width=16 if full else 3).to(device).eval()  # lipschitz graph walk (issue 16)
     params = list(mlp.parameters())
     closure = lambda: nn.functional.cross_entropy(mlp(xv), yv)  # noqa: E731
     ce = nn.functional.cross_entropy
@@ -95,6 +96,14 @@ def calls(device: torch.device | str = "cpu", size: str = "tiny") -> list[Call]:
              dict(blocks=mlp, x=xv[:8], generator=_gen())),
         Call("lipschitz.report", lipschitz.report, dict(model=mlp, x=xv[:16], n_iter=5), device_free=True),
         Call("lipschitz.activation_constant", lipschitz.activation_constant, dict(module=nn.ReLU()),
+             device_free=True),
+        # lipschitz: the torch.fx graph walk (issue 16): residual sum, concatenation, up-sampling, folded BN
+        Call("lipschitz.upper_bound[graph]", lipschitz.upper_bound,
+             dict(model=residual, input_shape=(ch, hw, hw), graph=True, fold_batchnorm=True)),
+        Call("lipschitz.pairwise_logit_bound[graph]", lipschitz.pairwise_logit_bound,
+             dict(model=residual, input_shape=(ch, hw, hw), graph=True, fold_batchnorm=True)),
+        Call("lipschitz.report[graph]", lipschitz.report,
+             dict(model=residual, x=xi[:4], n_iter=2, generator=_gen(), graph=True, fold_batchnorm=True),
              device_free=True),
         # certify
         Call("certify.certified_radius", certify.certified_radius, dict(logits=logits, labels=yv, lipschitz=2.0)),
@@ -355,6 +364,26 @@ def _topology_calls(device: torch.device, full: bool) -> list[Call]:
         out.append(Call("topology.bottleneck_distance", topology.bottleneck_distance,
                         dict(diagram_a=diagram, diagram_b=diagram[:2] + 0.01), device_free=True))
     return out
+
+class _ResidualNet(nn.Module):
+    """A small network the lipschitz graph walk traces (issue 16): conv + BatchNorm (folded), an
+    identity skip, a concatenation with an up-sampled pooled copy, a linear head."""
+
+    def __init__(self, in_channels: int, num_classes: int, width: int) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(in_channels, width, 3, padding=1)
+        self.bn = nn.BatchNorm2d(width)
+        self.conv = nn.Conv2d(width, width, 3, padding=1)
+        self.up = nn.Upsample(scale_factor=2, mode="nearest")
+        self.pool = nn.AdaptiveAvgPool2d(2)
+        self.fc = nn.Linear(8 * width, num_classes)
+
+    def forward(self, x):
+        h = torch.relu(self.bn(self.stem(x)))
+        h = h + self.conv(h)
+        h = torch.cat([h, self.up(nn.functional.max_pool2d(h, 2))], dim=1)
+        return self.fc(torch.flatten(self.pool(h), 1))
+
 
 def _train_step(make, shape, device):
     layer = make().to(device).train()
