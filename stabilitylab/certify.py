@@ -368,10 +368,10 @@ def certified_radii(
 
     The model runs in evaluation mode (every module's mode is restored afterwards), without
     gradients, batch by batch, on its own device (the batches are moved there). When
-    ``lipschitz`` is None the constant is the certified product bound
+    ``lipschitz`` is None the constant is the certified bound
     :func:`stabilitylab.lipschitz.upper_bound` ``(model, input_shape)`` (``input_shape``
-    read from the first batch), so the model must be one it can walk (a Sequential of known or
-    declared layers). With ``last_layer=True``, the last layer's rows give the pairwise radii:
+    read from the first batch), so the model must be one it can bound (a Sequential of known or
+    declared layers, or any model ``torch.fx`` can trace: residual, concatenating, up-sampling). With ``last_layer=True``, the last layer's rows give the pairwise radii:
     the model must end with a dense head, a plain ``nn.Linear`` or any layer of
     :data:`stabilitylab.models.LIPSCHITZ_HEADS` (Spectral, Björck, AOL, Cayley, BRO, LLN; see
     :func:`stabilitylab.lipschitz.linear_head`); ``lipschitz=None`` then takes the constants of
