@@ -19,6 +19,11 @@ that reach them, and leaves less capacity to classify the hard points at all.
 * :func:`logit_annealing_loss`: the offset cross-entropy damped by :math:`(1 - p_y)^\gamma` on
   points whose margin is already large [lai2025enhancing].
 
+:func:`lipschitz_penalty` is of another kind: a regularizer of the weights, not of the logits.
+It pushes every layer's certified norm below a threshold (the Gram-iteration penalty of
+[delattre2023efficient]), for networks that are not 1-Lipschitz by construction; pass it to
+:func:`stabilitylab.train.fit` as ``penalty``.
+
 Conventions shared by every function: ``logits`` is a floating tensor ``(N, C)`` (binary HKR
 also ``(N,)`` or ``(N, 1)``), ``labels`` an integer tensor ``(N,)`` of class indices in
 ``[0, C)`` (binary HKR: values in ``{0, 1}``); ``reduction`` is ``"mean"`` (default), ``"sum"``
@@ -49,6 +54,7 @@ __all__ = [
     "MulticlassHingeLoss",
     "OffsetCrossEntropyLoss",
     "LogitAnnealingLoss",
+    "lipschitz_penalty",
 ]
 
 _REDUCTIONS = ("mean", "sum", "none")
@@ -487,3 +493,155 @@ class LogitAnnealingLoss(nn.Module):
             f"offset={self.offset:.4g}, temperature={self.temperature:.4g}, gamma={self.gamma:.4g}, "
             f"reduction={self.reduction!r}"
         )
+
+
+# ----------------------------------------------------------------------------- Lipschitz penalty
+
+
+def _is_layer(module: nn.Module) -> bool:
+    return isinstance(module, (nn.Linear, nn.Conv2d))
+
+
+def _penalized_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The plain ``nn.Linear``/``nn.Conv2d`` modules of ``model``, in ``named_modules`` order;
+    modules declaring a ``lipschitz_constant`` (1-Lipschitz layers) are skipped with their
+    children, subclasses that override ``forward`` are refused."""
+    out: list[tuple[str, nn.Module]] = []
+
+    def walk(module: nn.Module, prefix: str) -> None:
+        if hasattr(module, "lipschitz_constant"):
+            return  # constrained by construction: its weight is not the map it applies
+        if _is_layer(module):
+            base = nn.Linear if isinstance(module, nn.Linear) else nn.Conv2d
+            if type(module).forward is not base.forward:
+                raise TypeError(
+                    f"model: module {prefix or '(model)'!r} of type {type(module).__name__} subclasses "
+                    f"{base.__name__} but overrides forward, so its weight is not the map it applies: "
+                    "give it a lipschitz_constant attribute (then it is skipped) or use a plain layer")
+            out.append((prefix, module))
+        for name, child in module.named_children():
+            walk(child, f"{prefix}.{name}" if prefix else name)
+
+    walk(model, "")
+    return out
+
+
+def _conv_input_sizes(model: nn.Module, convs: list[tuple[str, nn.Conv2d]], input_shape: tuple[int, ...],
+                      ) -> dict[int, set[tuple[int, int]]]:
+    """The spatial input sizes each convolution sees in one forward pass of ``zeros(1, *input_shape)``
+    (eval mode, no gradient, every submodule's mode restored): ``{id(conv): {(h, w), ...}}``."""
+    from stabilitylab._devices import model_device, model_dtype
+    from stabilitylab._modes import eval_mode
+
+    sizes: dict[int, set[tuple[int, int]]] = {id(conv): set() for _, conv in convs}
+    handles = [conv.register_forward_pre_hook(
+        lambda module, inputs: sizes[id(module)].add(tuple(inputs[0].shape[-2:]))) for _, conv in convs]
+    x = torch.zeros((1, *input_shape), dtype=model_dtype(model, torch.get_default_dtype()),
+                    device=model_device(model, torch.device("cpu")))
+    try:
+        with torch.no_grad(), eval_mode(model):
+            model(x)
+    except Exception as error:  # noqa: BLE001 - any failure means the shape does not fit
+        raise ValueError(
+            f"input_shape {input_shape} does not fit the model: a forward pass of an input of shape "
+            f"{tuple(x.shape)} failed: {type(error).__name__}: {error}") from error
+    finally:
+        for handle in handles:
+            handle.remove()
+    for name, conv in convs:
+        if not sizes[id(conv)]:
+            raise ValueError(
+                f"input_shape {input_shape}: module {name!r} (Conv2d) is not applied by the model's "
+                "forward, so its input size (and its norm) is unknown")
+    return sizes
+
+
+def lipschitz_penalty(
+    model: nn.Module,
+    input_shape,
+    *,
+    tau: float = 1.0,
+    n_iter: int = 6,
+    tol: float = 1e-3,
+) -> Tensor:
+    r"""Differentiable Lipschitz penalty :math:`\sum_l \max(0, s_l - \tau)` over a model's layers.
+
+    For every ``nn.Linear`` and ``nn.Conv2d`` of ``model``, :math:`s_l` is a certified,
+    differentiable upper bound of the layer's operator norm (the Lipschitz constant of its
+    linear part in :math:`\ell_2`, bias excluded):
+
+    * ``nn.Linear``: :func:`stabilitylab.spectral.gram_iteration` of the weight, ``n_iter`` Gram
+      steps [delattre2023efficient];
+    * ``nn.Conv2d``: :func:`stabilitylab.spectral.conv2d_module_norm` on the layer's own input
+      size (its padding, stride, dilation and groups read off the module), stopped at the
+      certified relative gap ``tol`` [delattre2024spectral]. Input sizes are read from one
+      forward pass of ``zeros(1, *input_shape)`` in eval mode (every submodule's mode restored);
+      a convolution applied at several sizes counts with its largest bound.
+
+    The hinge :math:`\max(0, s_l - \tau)` leaves layers already below :math:`\tau` alone and
+    pulls the others down along :math:`\nabla s_l`, which, once the Gram iteration has
+    converged, is :math:`u_1 v_1^\top`, the gradient of the top singular value (see
+    :mod:`stabilitylab.dynamics`). With ReLU-like activations of constant 1, the network's
+    constant is at most :math:`\prod_l s_l`, so driving every :math:`s_l` to :math:`\tau` caps it
+    at :math:`\tau^{\#\text{layers}}`; the penalty does not enforce a bound, it trades it
+    against the loss. This is the loss :math:`\mathrm{CE} + r \sum_l \max(0, s_l - \tau)` of
+    [delattre2023efficient], used as::
+
+        fit(model, data, penalty=lambda model, x, y, loss: r * lipschitz_penalty(model, shape))
+
+    Modules that declare a ``lipschitz_constant`` (the 1-Lipschitz layers of
+    :mod:`stabilitylab.layers`) are skipped with their submodules: they are bounded by
+    construction. Each bound is computed in its weight's dtype (with the safety margin of
+    :func:`~stabilitylab.spectral.gram_iteration` for that dtype) on its device.
+
+    Args:
+        model: the network (any ``nn.Module``; its convolutions must be applied by its forward on
+            inputs of shape ``input_shape``).
+        input_shape: the shape of one input without the batch dimension, e.g. ``(1, 8, 8)``.
+        tau: the threshold :math:`\tau \ge 0` below which a layer is not penalized.
+        n_iter: Gram steps for the dense weights (>= 1). The bound exceeds the norm by at most
+            the factor :math:`\operatorname{rank}^{1/2^{n+1}}` after :math:`n` steps (1.044 for
+            rank 256 at six steps), and by much less when the top singular value is separated.
+        tol: the certified relative gap at which the convolution bounds stop, in (0, 1).
+
+    Returns:
+        A 0-dim tensor in the model's floating dtype, on its device, differentiable with respect
+        to the weights (0 for a model without such layers).
+
+    Raises:
+        TypeError: ``model`` not an ``nn.Module``, or a Linear/Conv2d subclass that overrides
+            ``forward`` without declaring a ``lipschitz_constant``.
+        ValueError: a bad ``input_shape`` (or one the model cannot run on), ``tau`` negative or
+            not finite, ``n_iter < 1``, ``tol`` outside (0, 1), weights with NaN/Inf entries.
+
+    References:
+        [delattre2023efficient], [delattre2024spectral].
+    """
+    from stabilitylab._checks import check_int, check_number, check_shape, check_tol
+    from stabilitylab._devices import model_device, model_dtype
+    from stabilitylab.spectral import conv2d_module_norm, gram_iteration
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    input_shape = check_shape(input_shape, "input_shape")
+    tau = check_number(tau, "tau", minimum=0.0)
+    n_iter = check_int(n_iter, "n_iter", 1)
+    tol = check_tol(tol, "tol")
+    layers = _penalized_layers(model)
+    for name, module in layers:
+        if not bool(torch.isfinite(module.weight.detach()).all()):
+            raise ValueError(f"model: module {name!r} has NaN or Inf entries in its weight")
+    convs = [(name, m) for name, m in layers if isinstance(m, nn.Conv2d)]
+    sizes = _conv_input_sizes(model, convs, input_shape) if convs else {}
+    dtype = model_dtype(model, torch.get_default_dtype())
+    total = torch.zeros((), dtype=dtype, device=model_device(model, torch.device("cpu")))
+    for _, module in layers:
+        W = module.weight
+        if isinstance(module, nn.Conv2d):
+            bounds = [conv2d_module_norm(module, size, tol=tol, dtype=W.dtype).upper
+                      for size in sorted(sizes[id(module)])]
+            s = bounds[0] if len(bounds) == 1 else torch.stack(bounds).max()
+        else:
+            s = gram_iteration(W, n_iter=n_iter)
+        total = total + F.relu(s - tau).to(device=total.device, dtype=dtype)
+    return total
