@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # a GPU are shrunk here.
 SHRINK = {
     "02_lipschitz": {"depths": [1, 2], "width": 32, "toy_points": 200, "toy_epochs": 3,
-                     "sdf_widths": [4, 8], "sdf_steps": 20, "sdf_points": 256},
+                     "sdf_widths": [4, 8], "sdf_steps": 20, "sdf_points": 256,
+                     "res_width": 8, "res_blocks": 2, "res_epochs": 1},
     "03_spectral_norms": {"dense": [60, 40], "channels": 8, "cnn_images": 200, "cnn_epochs": 1,
                           "zero_sizes": [4, 8], "n_kernels": 2, "repeats": 1, "max_iter": 10},
     "04_lipschitz_layers": {"features": 16, "channels": 2, "size": 4, "norm_size": 64, "norm_steps": 4,
