@@ -610,18 +610,15 @@ def lipschitz_aware_radius(
 
 
 class PartitionBounds(NamedTuple):
-    """The bounds of :func:`partition_bounds`.
+    """The bounds of :func:`partition_bounds`."""
 
-    Attributes:
-        top: the class chosen on the selection counts.
-        p_a_lower: a lower bound of its probability.
-        p_b_upper: an upper bound of every other class's probability.
-        buckets: the partition of the classes, ``buckets[0] == [top]``.
-    """
-
+    #: the class chosen on the selection counts.
     top: int
+    #: a lower bound of its probability.
     p_a_lower: float
+    #: an upper bound of every other class's probability.
     p_b_upper: float
+    #: the partition of the classes, ``buckets[0] == [top]``.
     buckets: list
 
 
@@ -705,17 +702,13 @@ def partition_bounds(selection_counts, counts, alpha: float) -> PartitionBounds:
 
 
 class SmoothedVariance(NamedTuple):
-    """The Monte Carlo moments of :func:`smoothed_variance`.
+    """The Monte Carlo moments of :func:`smoothed_variance`."""
 
-    Attributes:
-        mean: ``(N, K)`` float64, the estimate of the smoothed output :math:`F(x_i)`.
-        variance: ``(N, K)`` float64, the unbiased sample variance of :math:`f(x_i + \\delta)`.
-        bound: :math:`\\sigma^2 L^2`, the Gaussian Poincare bound of every entry of ``variance``'s
-            expectation.
-    """
-
+    #: ``(N, K)`` float64, the estimate of the smoothed output :math:`F(x_i)`.
     mean: Tensor
+    #: ``(N, K)`` float64, the unbiased sample variance of :math:`f(x_i + \delta)`.
     variance: Tensor
+    #: :math:`\sigma^2 L^2`, the Gaussian Poincare bound of every entry of ``variance``'s expectation.
     bound: float
 
 
