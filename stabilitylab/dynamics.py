@@ -133,7 +133,7 @@ class DriftTerms(NamedTuple):
 
     @property
     def drift(self) -> Tensor:
-        """The expected change per step to second order: ``gradient_drift + curvature_drift +
+        """The expected change per step, to second order, is ``gradient_drift + curvature_drift +
         gradient_curvature``."""
         return self.gradient_drift + self.curvature_drift + self.gradient_curvature
 
@@ -148,7 +148,7 @@ class WindowChanges(NamedTuple):
     start: Tensor
     #: :math:`s_1(t + w) - s_1(t)` from exact SVDs.
     observed: Tensor
-    #: the expected change: the sum of the three drift terms over the window.
+    #: the expected change, the sum of the three drift terms over the window.
     predicted: Tensor
     #: the part of ``predicted`` due to the gradient drift (i).
     gradient: Tensor
