@@ -33,6 +33,8 @@ SHRINK = {
                        "n_certify": 4, "n_attack": 10, "pgd_steps": 2, "n_lower": 4, "lower_steps": 2,
                        "hessian_examples": 20, "n_lanczos": 5, "n_trace": 3, "m": 10, "n_variance": 2,
                        "n_grad": 2, "n_noise": 10},
+    "10_topology": {"n_train": 40, "n_test": 20, "n_points": 100, "epochs": 1, "n_random": 10, "n_attack": 2,
+                    "attack_iter": 1, "n_ratio": 2, "rf_trees": 10, "workers": 2},
     "08_curvature": {"epochs": 1, "n_lanczos": 20, "n_slq": 1, "top_k": 3, "n_trace": 12, "eos_steps": 30,
                      "eos_every": 10, "landscape_points": 7, "grid2d": 5, "pgd_steps": 3, "hidden": [64, 64]},
     "07_randomized_smoothing": {"epochs": 1, "width": 16, "lip_width": 16, "n0": 10, "n": 100, "n_certify": 6, "toy_points": 200,

@@ -40,6 +40,9 @@ MODULE_CHAPTERS = {
     "losses": "05_certified_robustness",
     "smoothing": "07_randomized_smoothing",
     "curvature": "08_curvature",
+    "frequency": "06_dynamics_frequency",
+    "dynamics": "06_dynamics_frequency",
+    "topology": "10_topology",
 }
 CITATION = re.compile(r"\[([a-z][a-z0-9_-]*\d{4}[a-z0-9_]*)\]")
 
