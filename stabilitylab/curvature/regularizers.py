@@ -90,15 +90,16 @@ def gradient_norm_penalty(
     if gnorm == 0:
         return value + sum((p * 0).sum() for p in params)
     originals = [p.detach().clone() for p in params]
+    # The step and its exact undo go through ``.data`` so that the parameters' version counters do
+    # not move: a loss graph built before this call (``fit(penalty=...)`` builds one) saved these
+    # tensors, and it finds them bit for bit as it left them.
     try:
-        with torch.no_grad():
-            for p, g in zip(params, g1):
-                p.add_(g, alpha=h / float(gnorm))
+        for p, g in zip(params, g1):
+            p.data.add_(g, alpha=h / float(gnorm))
         g2 = _grads(_loss_of(closure), params, create_graph=False)
     finally:
-        with torch.no_grad():
-            for p, p0 in zip(params, originals):
-                p.copy_(p0)
+        for p, p0 in zip(params, originals):
+            p.data.copy_(p0)
     coef = 2 * gnorm / h
     surrogate = sum(((coef * (b - a)).detach() * p).sum() for a, b, p in zip(g1, g2, params))
     return value.detach() + surrogate - surrogate.detach()
