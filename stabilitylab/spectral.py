@@ -39,6 +39,7 @@ __all__ = [
     "conv2d_norm",
     "conv2d_module_norm",
     "kernel_autocorrelation",
+    "kernel_gram_bound",
     "PowerIteration",
     "GramBounds",
     "ConvNorm",
@@ -471,6 +472,97 @@ def kernel_autocorrelation(kernel: Tensor) -> Tensor:
         TypeError, ValueError: a kernel that is not a finite 4-D real tensor.
     """
     return _autocorrelation(_check_kernel(kernel))
+
+
+def kernel_gram_bound(kernel: Tensor, *, n_iter: int = 3, stride: int | tuple[int, int] = 1) -> Tensor:
+    r"""Certified bound of a convolution's norm from its kernel alone, valid for every image size
+    and every zero padding (and circular padding) [delattre2024spectral].
+
+    Let :math:`T_K` be the convolution by ``kernel`` on the infinite grid,
+    :math:`\ell^2(\mathbb{Z}^2)^{c_{in}} \to \ell^2(\mathbb{Z}^2)^{c_{out}}`, with symbol
+    :math:`\hat K(\theta) = \sum_p K[p]\, e^{-i\langle p, \theta\rangle}`. Define the Gram kernels
+    :math:`G_1 = ` the autocorrelation of :math:`K` (:func:`kernel_autocorrelation`, the kernel of
+    :math:`T_K^* T_K`) and :math:`G_{s+1} = G_s * G_s` (matrix-valued self-convolution, the
+    kernel of :math:`T_{G_s}^2`); the side of :math:`G_t` is :math:`2^t (k - 1) + 1`.
+
+    .. prf:theorem::
+        For every ``t >= 1``,
+        :math:`\|T_K\|_2 \le \bigl(\max_a \sum_{b, d} |G_t[a, b, d]|\bigr)^{1/2^t}`, and every
+        zero-padded convolution by ``K`` on ``h x w`` images (any padding, stride ``s``), as
+        every circular one, has a norm at most :math:`\|T_K\|_2`.
+
+    .. prf:proof::
+        :math:`T_K^* T_K = T_{G_1}` and :math:`T_{G_s}^2 = T_{G_{s+1}}` (products of convolutions
+        are convolutions by the convolved kernels), so :math:`\|T_K\|^{2^t} = \|T_{G_t}\|`, as
+        :math:`T_{G_s}` is self-adjoint and positive. The Fourier series conjugates
+        :math:`T_{G_t}` to multiplication by the Hermitian symbol :math:`M(\theta) = \sum_d G_t[d]
+        e^{-i\langle d, \theta\rangle}`, so :math:`\|T_{G_t}\| = \sup_\theta \lambda_{\max}
+        (M(\theta)) \le \sup_\theta \max_a \sum_b |M_{ab}(\theta)|` (the spectral radius is at
+        most any induced norm) :math:`\le \max_a \sum_{b, d} |G_t[a, b, d]|`. A zero-padded
+        convolution is :math:`P\, T_K E` with :math:`E` the isometric embedding of the image in
+        the grid by zeros and :math:`P` the restriction to the outputs (norm 1); a stride keeps
+        one output in :math:`s` along each axis (a further restriction). A circular convolution
+        on an :math:`N`-grid has the transfer matrices :math:`\hat K(2\pi u / N)` (the kernel
+        folded on the grid has the same values there), whose norms are at most
+        :math:`\sup_\theta \sigma_1(\hat K(\theta)) = \|T_K\|`.
+
+    The bound decreases to :math:`\|T_K\|` as ``t`` grows (the row sums of :math:`G_t`
+    concentrate on the top of the spectrum); :math:`\|T_K\|` itself is the limit of the zero-
+    padded norms as the image grows, so on small images the embedding bound of
+    :func:`conv_spectral_norm` is tighter, at a cost growing with the image. Here the cost does
+    not depend on the image: :math:`G_t` is computed exactly by ``t - 1`` squarings of the
+    transfer matrices of :math:`G_1` on a grid of side :math:`2^t (k - 1) + 1` (large enough
+    that the circular self-convolutions do not wrap around), in float64, then an inverse DFT.
+    The result carries the safety margin of :func:`gram_iteration` for the kernel's dtype with
+    the sums' length :math:`c\, L^2` (:math:`L` the grid's side), rounded up into that dtype.
+
+    Args:
+        kernel: ``(c_out, c_in, kh, kw)``, real, finite.
+        n_iter: Gram steps ``t`` (>= 1); the grid's side doubles with each.
+        stride: int or pair (the polyphase kernel of the strided convolution is bounded).
+
+    Returns:
+        A 0-dim tensor in the kernel's dtype, differentiable with respect to ``kernel``.
+
+    Raises:
+        TypeError, ValueError: a kernel that is not a finite real 4-D tensor; ``n_iter`` < 1 or
+            a ``stride`` that is not a positive int or pair.
+
+    References:
+        [delattre2024spectral].
+    """
+    kernel = _check_kernel(kernel)
+    n_iter = check_int(n_iter, "n_iter", 1)
+    stride = check_pair(stride, "stride", 1)
+    poly = _polyphase(kernel, stride)
+    if poly.shape[1] > poly.shape[0]:
+        poly = poly.flip(-2, -1).transpose(0, 1)  # the adjoint: the same norm, a smaller Gram
+    work = poly.to(torch.float64)
+    unit, peak = _unit_peak(work.flatten(1))
+    norm = _frobenius(unit)
+    safe = torch.where(norm > 0, norm, torch.ones_like(norm))
+    unit = (unit / safe).reshape(work.shape)
+    log_scale = 2 * torch.log(peak * norm)  # ||K||^2 = exp(log_scale) ||unit||^2
+    kh, kw = unit.shape[-2:]
+    gram = _autocorrelation(unit)  # (c, c, 2 kh - 1, 2 kw - 1), offset 0 at (kh - 1, kw - 1)
+    side_h, side_w = 2**n_iter * (kh - 1) + 1, 2**n_iter * (kw - 1) + 1
+    embedded = F.pad(gram, (0, side_w - gram.shape[-1], 0, side_h - gram.shape[-2]))
+    embedded = embedded.roll((-(kh - 1), -(kw - 1)), dims=(-2, -1))  # offset 0 at index 0
+    H = torch.fft.rfft2(embedded).permute(2, 3, 0, 1)  # (side_h, side_w // 2 + 1, c, c), Hermitian
+    power = 2.0
+    for _ in range(n_iter - 1):
+        H = H @ H  # entries at most ||H||_F^2 = 1: no overflow
+        r = _frobenius(H.reshape(1, -1, H.shape[-1]))[0]  # one scale for all frequencies
+        H = H / torch.where(r > 0, r, torch.ones_like(r))
+        log_scale = 2 * log_scale + torch.log(torch.where(r > 0, r, torch.ones_like(r)))
+        power *= 2
+    G = torch.fft.irfft2(H.permute(2, 3, 0, 1), s=(side_h, side_w))
+    rows = G.abs().sum(dim=(1, 2, 3)).max()
+    positive = rows > 0
+    log_rows = torch.log(torch.where(positive, rows, torch.ones_like(rows)))
+    bound = torch.where(positive & (peak > 0), torch.exp((log_scale + log_rows) / power), torch.zeros_like(rows))
+    margin = _safety(kernel.dtype, max(poly.shape[0], poly.shape[1]) * side_h * side_w)
+    return _round(bound * margin, kernel.dtype, up=True)
 
 
 def _autocorrelation(kernel: Tensor) -> Tensor:

@@ -206,6 +206,7 @@ def test_conv_bound_is_certified_against_the_dense_operator(c_out, c_in, k, stri
     pad = (k // 2, k // 2)
     if circular:
         size = size - size % stride
+        size += stride if size < k else 0  # a circular image holds the kernel
     bound = _bounds.conv_bound(kernel, (size, size), padding_mode="circular" if circular else "zeros",
                                padding=pad, stride=(stride, stride), n_iter=n_iter)
     M = spectral.conv_operator_matrix(kernel, size, padding="circular" if circular else pad, stride=stride)
@@ -214,6 +215,6 @@ def test_conv_bound_is_certified_against_the_dense_operator(c_out, c_in, k, stri
     if circular:  # the number of the checked public function with a fixed step count (to rounding)
         reference = spectral.conv_spectral_norm(kernel, size, padding="circular", stride=stride, tol=None, n_iter=n_iter)
         assert torch.allclose(bound, reference, rtol=1e-12, atol=0)
-    else:  # one grid of the public function's three: never below its minimum
+    else:  # one grid of the public function's three: never below its minimum (to rounding)
         reference = spectral.conv_spectral_norm(kernel, size, padding=pad, stride=stride, tol=None, n_iter=n_iter)
-        assert bound.item() >= reference.item()
+        assert bound.item() >= reference.item() * (1 - 1e-12)

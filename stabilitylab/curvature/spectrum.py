@@ -8,7 +8,9 @@ import warnings
 from collections.abc import Sequence
 from typing import NamedTuple
 
+import numpy as np
 import torch
+from scipy.linalg import eigh_tridiagonal, lapack
 from torch import Tensor
 from tqdm import tqdm
 
@@ -57,9 +59,9 @@ class TraceEstimate(NamedTuple):
     }
 
 
-def _top(theta: Tensor, k: int, which: str) -> Tensor:
-    key = theta if which == "LA" else theta.abs()
-    return torch.argsort(key, descending=True)[:k]
+def _top(theta: np.ndarray, k: int, which: str) -> np.ndarray:
+    key = theta if which == "LA" else np.abs(theta)
+    return np.argsort(-key, kind="stable")[:k]
 
 
 def _unit_start(op: HessianOperator, generator, exclude: Tensor | None = None) -> Tensor:
@@ -71,37 +73,66 @@ def _unit_start(op: HessianOperator, generator, exclude: Tensor | None = None) -
 
 
 _SEPARATED = 0.02  # a neighbouring Ritz value counts as resolved when its residual is below this fraction of its distance
+_STEV_LIMIT = 48  # largest Lanczos matrix handed to LAPACK's stev (QL: fastest when small); above, eigh_tridiagonal
 
 
-def _eigenvalue_errors(theta: Tensor, residual: Tensor) -> Tensor:
+def _tridiagonal_eigh(alphas: np.ndarray, betas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (ascending) and unit eigenvectors (columns) of the symmetric tridiagonal matrix
+    with diagonal ``alphas`` (m,) and off-diagonal ``betas`` (m - 1,), in float64 on the CPU.
+    NumPy/LAPACK on these few numbers: a few microseconds, where torch's per-call overhead on
+    a dozen small tensors per Lanczos step cost more than the Hessian-vector product itself on
+    small networks."""
+    if len(alphas) == 1:
+        return alphas.copy(), np.ones((1, 1))
+    if len(alphas) <= _STEV_LIMIT:
+        theta, S, info = lapack.dstev(alphas, betas, compute_v=1)
+        if info == 0:
+            return theta, S
+    return eigh_tridiagonal(alphas, betas)
+
+
+def _eigenvalue_errors(theta: np.ndarray, residual: np.ndarray) -> np.ndarray:
     """Error estimates min(r_i, r_i^2 / gap_i) of the Ritz values `theta` (ascending) with residual
     norms `residual`. gap_i is the distance from theta_i to its neighbouring Ritz values theta_j,
     each moved towards theta_i by its residual r_j, and counted only when that neighbour is
     resolved (r_j <= _SEPARATED |theta_j - theta_i|; otherwise the gap on that side is taken as 0).
     Where the gap is not larger than r_i, or theta_i has no neighbour, the estimate is r_i."""
-    m = len(theta)
-    if m == 1:
-        return residual.clone()
-    inf = torch.full((1,), math.inf, dtype=theta.dtype)
-    zero = torch.zeros((), dtype=theta.dtype)
+    if len(theta) == 1:
+        return residual.copy()
     d = theta[1:] - theta[:-1]  # distance between consecutive Ritz values
-    above = torch.where(residual[1:] <= _SEPARATED * d, d - residual[1:], zero)  # to the next one up
-    below = torch.where(residual[:-1] <= _SEPARATED * d, d - residual[:-1], zero)  # to the next one down
-    gap = torch.minimum(torch.cat([above, inf]), torch.cat([inf, below]))
-    return torch.where(gap > residual, residual.pow(2) / gap, residual)
+    above = np.where(residual[1:] <= _SEPARATED * d, d - residual[1:], 0.0)  # to the next one up
+    below = np.where(residual[:-1] <= _SEPARATED * d, d - residual[:-1], 0.0)  # to the next one down
+    gap = np.minimum(np.append(above, np.inf), np.insert(below, 0, np.inf))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(gap > residual, residual**2 / gap, residual)
 
 
-def _lanczos_step(op: HessianOperator, Q: Tensor, j: int, q: Tensor) -> tuple[Tensor, Tensor]:
+def _eigenvalue_error(theta: np.ndarray, residual: np.ndarray, i: int) -> float:
+    """``_eigenvalue_errors(theta, residual)[i]``, for one index, in plain floats (the Lanczos loop's check)."""
+    r, m = float(residual[i]), len(theta)
+    if m == 1:
+        return r
+    gap = math.inf
+    if i + 1 < m:
+        d = float(theta[i + 1] - theta[i])
+        gap = min(gap, d - float(residual[i + 1]) if residual[i + 1] <= _SEPARATED * d else 0.0)
+    if i > 0:
+        d = float(theta[i] - theta[i - 1])
+        gap = min(gap, d - float(residual[i - 1]) if residual[i - 1] <= _SEPARATED * d else 0.0)
+    return r * r / gap if gap > r else r
+
+
+def _lanczos_step(op: HessianOperator, Q: Tensor, j: int, q: Tensor) -> tuple[float, Tensor]:
     """Store the unit vector q as the j-th Lanczos vector; return alpha_j = q^T H q and H q
     orthogonalized against the j + 1 vectors so far (classical Gram-Schmidt, twice)."""
     Q[j] = q
     w = op._product_flat(q)
-    alpha = torch.dot(w, q).cpu()
-    if not torch.isfinite(alpha):
+    alpha = float(torch.dot(w, q))
+    if not math.isfinite(alpha):
         raise ValueError(NOT_FINITE)
     basis = Q[: j + 1]
     for _ in range(2):
-        w = w - basis.T @ (basis @ w)
+        w = torch.addmv(w, basis.T, basis @ w, alpha=-1)
     return alpha, w
 
 
@@ -116,31 +147,35 @@ def _lanczos(op: HessianOperator, k: int, tol: float, n_iter: int, which: str, c
     Returns the top-k Ritz values (descending by `which`), their Ritz vectors (k, P) and whether
     the stopping rule held for each of them: with criterion "eigenvalue", the error estimate
     min(r_i, r_i^2 / gap_i) <= tol |theta_i|; with "residual", r_i <= tol * max |theta|, where
-    r_i = ||H y_i - theta_i y_i|| = beta_m |s_{m,i}|. A Krylov space of dimension P is exact."""
+    r_i = ||H y_i - theta_i y_i|| = beta_m |s_{m,i}|. A Krylov space of dimension P is exact.
+    The basis grows by doubling (a run that stops after a few steps never allocates n_iter
+    vectors); the m x m tridiagonal problem is solved with NumPy/LAPACK."""
     n = op.numel
     m_max = min(n_iter, n)
-    Q = torch.empty(m_max, n, dtype=torch.float64, device=op.device)
-    alphas = torch.zeros(m_max, dtype=torch.float64)
-    betas = torch.zeros(m_max, dtype=torch.float64)
+    Q = torch.empty(min(m_max, 16), n, dtype=torch.float64, device=op.device)
+    alphas = np.zeros(m_max)
+    betas = np.zeros(m_max)
     q = _unit_start(op, generator)
-    tiny = torch.finfo(torch.float64).tiny
+    tiny = np.finfo(np.float64).tiny
     converged, theta, S, idx, m = False, None, None, None, 0
     bar = tqdm(total=m_max, desc="lanczos", disable=not progress, leave=False)
     for j in range(m_max):
+        if j == len(Q):
+            Q = torch.cat([Q, torch.empty(min(len(Q), m_max - j), n, dtype=Q.dtype, device=Q.device)])
         alphas[j], w = _lanczos_step(op, Q, j, q)
-        beta = torch.linalg.vector_norm(w).cpu()
+        beta = float(torch.linalg.vector_norm(w))
         m = j + 1
-        theta, S = torch.linalg.eigh(_tridiagonal(alphas, betas, m))
-        scale = theta.abs().max().clamp_min(tiny)
+        theta, S = _tridiagonal_eigh(alphas[:m], betas[: m - 1])
+        scale = max(float(np.abs(theta).max()), tiny)
         bar.update(1)
         if m >= k:
             idx = _top(theta, k, which)
-            residual = beta * S[m - 1].abs()
+            residual = beta * np.abs(S[m - 1])
             if criterion == "residual":
-                done = residual[idx] <= tol * scale
+                done = all(residual[i] <= tol * scale for i in idx)
             else:
-                done = _eigenvalue_errors(theta, residual)[idx] <= tol * theta[idx].abs().clamp_min(tiny)
-            if bool(done.all()) or m == n:
+                done = all(_eigenvalue_error(theta, residual, i) <= tol * max(abs(theta[i]), tiny) for i in idx)
+            if done or m == n:
                 converged = True
                 break
         if m == m_max:
@@ -149,14 +184,15 @@ def _lanczos(op: HessianOperator, k: int, tol: float, n_iter: int, which: str, c
             q = _unit_start(op, generator, exclude=Q[:m])
             betas[j] = 0.0
         else:
-            q = w / beta.to(w.device)
+            q = w / beta
             betas[j] = beta
     bar.close()
     if idx is None:  # fewer Lanczos steps than k: cannot happen since k <= P = m_max
         idx = _top(theta, k, which)
-    vectors = (S[:, idx].T.to(Q.device) @ Q[:m])
+    coefficients = torch.from_numpy(np.ascontiguousarray(S[:, idx].T)).to(Q.device)
+    vectors = coefficients @ Q[:m]
     vectors = vectors / torch.linalg.vector_norm(vectors, dim=1, keepdim=True)
-    return theta[idx], vectors, converged
+    return torch.from_numpy(theta[idx].copy()), vectors, converged
 
 
 def _power(op: HessianOperator, k: int, tol: float, n_iter: int, which: str, generator,
@@ -201,7 +237,7 @@ def _power(op: HessianOperator, k: int, tol: float, n_iter: int, which: str, gen
         bar.update(1)
     bar.close()
     values = torch.tensor(found_vals, dtype=torch.float64)
-    order = _top(values, k, which)
+    order = torch.from_numpy(_top(values.numpy(), k, which))
     return values[order], found[order.to(found.device)], all_converged
 
 
