@@ -83,6 +83,7 @@ def calls(device: torch.device | str = "cpu", size: str = "tiny") -> list[Call]:
         Call("spectral.conv2d_norm", spectral.conv2d_norm, dict(kernel=kernel, input_size=hw, padding=1)),
         Call("spectral.conv2d_module_norm", spectral.conv2d_module_norm, dict(conv=cnn[0], input_size=hw)),
         Call("spectral.kernel_autocorrelation", spectral.kernel_autocorrelation, dict(kernel=kernel)),
+        Call("spectral.kernel_gram_bound", spectral.kernel_gram_bound, dict(kernel=kernel, n_iter=2)),
         # lipschitz
         Call("lipschitz.pairwise_row_distances", lipschitz.pairwise_row_distances, dict(weight=W[:c])),
         Call("lipschitz.linear_head", lipschitz.linear_head, dict(model=lip_mlp), device_free=True),

@@ -6,7 +6,8 @@ orthogonium (`AOLConv2D`, `AdaptiveSOCConv2d`, `AdaptiveOrthoConv2d`). Four sect
 
 1. convolutions at 32 and 64 channels on 16x16 and 32x32 inputs, batch 64 (3x3 kernels): the
    median time in ms of a training step (forward + backward of a fixed linear functional of the
-   output, with respect to the parameters and the input), of an inference call of the module in
+   output, with respect to the parameters and the input, then an in-place SGD update of the
+   parameters, so that a layer that caches its bound recomputes it as in training), of an inference call of the module in
    evaluation mode under no_grad, and of the exported plain module (`layers.export` for ours,
    `vanilla_export` for deel-torchlip, an `nn.Conv2d` holding the computed kernel for
    orthogonium); the peak memory of the training step above what was allocated before it
@@ -87,6 +88,7 @@ EXPORT_MACS_LIMIT = 5e9  # exported Cayley / BRO convolutions have image-sized k
 RESULTS = Path(__file__).resolve().parent / "results" / "layers.json"
 EPS_GRID = (0.1, 0.25, 0.5)
 EPOCHS = 20  # certified-accuracy training budget (2 with --quick)
+SGD_LR = 1e-6  # the in-place update that ends every timed training step (tiny: the layers stay put)
 ROUNDING = 1e-5  # float32 weights: constants within this of 1 count as 1
 # Prach et al. 2024, CIFAR-10, ConvNetS: train / validation throughput (images per second) from the
 # authors' data/runs/CIFAR10/final_training_24h/statistics.csv (github.com/berndprach/1LipschitzLayersCompared)
@@ -296,11 +298,17 @@ def measure_config(specs: list[Spec], width: int, n: int | None, device: torch.d
     leaf = x.detach().clone().requires_grad_(True)
 
     def train_step(layer):
+        params = [p for p in layer.parameters() if p.requires_grad]
+
         def step():
-            for p in layer.parameters():
+            for p in params:
                 p.grad = None
             leaf.grad = None
             (layer(leaf) * probe).sum().backward()
+            with torch.no_grad():  # an SGD update: no layer may reuse what it computed for the old weights
+                for p in params:
+                    if p.grad is not None:
+                        p.add_(p.grad, alpha=-SGD_LR)
         return step
 
     def inference(module):

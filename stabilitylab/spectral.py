@@ -485,28 +485,26 @@ def kernel_gram_bound(kernel: Tensor, *, n_iter: int = 3, stride: int | tuple[in
     :math:`T_K^* T_K`) and :math:`G_{s+1} = G_s * G_s` (matrix-valued self-convolution, the
     kernel of :math:`T_{G_s}^2`); the side of :math:`G_t` is :math:`2^t (k - 1) + 1`.
 
-    .. prf:theorem::
-        For every ``t >= 1``,
-        :math:`\|T_K\|_2 \le \bigl(\max_a \sum_{b, d} |G_t[a, b, d]|\bigr)^{1/2^t}`, and every
-        zero-padded convolution by ``K`` on ``h x w`` images (any padding, stride ``s``), as
-        every circular one, has a norm at most :math:`\|T_K\|_2`.
+    **Theorem.** For every ``t >= 1``,
+    :math:`\|T_K\|_2 \le \bigl(\max_a \sum_{b, d} |G_t[a, b, d]|\bigr)^{1/2^t}`, and every
+    zero-padded convolution by ``K`` on ``h x w`` images (any padding, stride ``s``), as
+    every circular one, has a norm at most :math:`\|T_K\|_2`.
 
-    .. prf:proof::
-        :math:`T_K^* T_K = T_{G_1}` and :math:`T_{G_s}^2 = T_{G_{s+1}}` (products of convolutions
-        are convolutions by the convolved kernels), so :math:`\|T_K\|^{2^t} = \|T_{G_t}\|`, as
-        :math:`T_{G_s}` is self-adjoint and positive. The Fourier series conjugates
-        :math:`T_{G_t}` to multiplication by the Hermitian symbol :math:`M(\theta) = \sum_d G_t[d]
-        e^{-i\langle d, \theta\rangle}`, so :math:`\|T_{G_t}\| = \sup_\theta \lambda_{\max}
-        (M(\theta)) \le \sup_\theta \max_a \sum_b |M_{ab}(\theta)|` (the spectral radius is at
-        most any induced norm) :math:`\le \max_a \sum_{b, d} |G_t[a, b, d]|`. A zero-padded
-        convolution is :math:`P\, T_K E` with :math:`E` the isometric embedding of the image in
-        the grid by zeros and :math:`P` the restriction to the outputs (norm 1); a stride keeps
-        one output in :math:`s` along each axis (a further restriction). A circular convolution
-        on an :math:`N`-grid has the transfer matrices :math:`\hat K(2\pi u / N)` (the kernel
-        folded on the grid has the same values there), whose norms are at most
-        :math:`\sup_\theta \sigma_1(\hat K(\theta)) = \|T_K\|`.
+    **Proof.** :math:`T_K^* T_K = T_{G_1}` and :math:`T_{G_s}^2 = T_{G_{s+1}}` (products of convolutions
+    are convolutions by the convolved kernels), so :math:`\|T_K\|^{2^t} = \|T_{G_t}\|`, as
+    :math:`T_{G_s}` is self-adjoint and positive. The Fourier series conjugates
+    :math:`T_{G_t}` to multiplication by the Hermitian symbol :math:`M(\theta) = \sum_d G_t[d]
+    e^{-i\langle d, \theta\rangle}`, so :math:`\|T_{G_t}\| = \sup_\theta \lambda_{\max}
+    (M(\theta)) \le \sup_\theta \max_a \sum_b |M_{ab}(\theta)|` (the spectral radius is at
+    most any induced norm) :math:`\le \max_a \sum_{b, d} |G_t[a, b, d]|`. A zero-padded
+    convolution is :math:`P\, T_K E` with :math:`E` the isometric embedding of the image in
+    the grid by zeros and :math:`P` the restriction to the outputs (norm 1); a stride keeps
+    one output in :math:`s` along each axis (a further restriction). A circular convolution
+    on an :math:`N`-grid has the transfer matrices :math:`\hat K(2\pi u / N)` (the kernel
+    folded on the grid has the same values there), whose norms are at most
+    :math:`\sup_\theta \sigma_1(\hat K(\theta)) = \|T_K\|`.
 
-    The bound decreases to :math:`\|T_K\|` as ``t`` grows (the row sums of :math:`G_t`
+    The bound converges to :math:`\|T_K\|` as ``t`` grows (the row sums of :math:`G_t`
     concentrate on the top of the spectrum); :math:`\|T_K\|` itself is the limit of the zero-
     padded norms as the image grows, so on small images the embedding bound of
     :func:`conv_spectral_norm` is tighter, at a cost growing with the image. Here the cost does
