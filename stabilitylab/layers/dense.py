@@ -329,9 +329,15 @@ class SpectralConv2d(_Validated, _SizeDependentBound, nn.Conv2d):
       [delattre2024spectral].
 
     Hence :math:`\|x \mapsto \hat\sigma^{-1} K \star x\|_2 \le 1` for any kernel: the layer is
-    1-Lipschitz. Differentiable through the bound; no state is kept between calls (the bound is
-    recomputed at every call, from the input's size), and the number of steps is fixed, so the
-    layer traces (``torch.compile``, ``torch.export``, ``meta`` tensors).
+    1-Lipschitz, in training and in evaluation alike (the same bound). The Gram steps square
+    Hermitian transfer matrices in real arithmetic and drop the frequencies that cannot hold the
+    maximum; the bound is kept while the kernel is unchanged (compared entry for entry, so an
+    optimizer step, ``load_state_dict`` or a change through ``.data`` all trigger a new one) and
+    for the same image size, so evaluation costs a plain convolution. The gradient that flows
+    through the bound is that of the convolution's norm (the Rayleigh quotient of the leading
+    vector, see :func:`~stabilitylab.layers._bounds.conv_bound_fast`), which needs no backward
+    pass through the Gram steps. The number of steps is fixed, so the layer traces
+    (``torch.compile``, ``torch.export``, ``meta`` tensors: no cache, no pruning there).
 
     Shapes: ``(N, in_channels, H, W) -> (N, out_channels, H', W')`` as ``nn.Conv2d``.
 

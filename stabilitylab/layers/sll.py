@@ -401,8 +401,9 @@ class CPLConv2d(_SizeDependentBound, _ResidualConv2d):
     :math:`\hat\sigma` a certified Gram bound of the convolution for this padding and the size
     of the images given (the norm of a convolution depends on both; the bound of
     :class:`~stabilitylab.layers.SpectralConv2d`, ``n_iter`` fixed Gram steps, so the layer
-    traces), recomputed at every call (no power-iteration state). 1-Lipschitz for every kernel
-    and bias (module docstring).
+    traces), kept while the kernel and the image size are unchanged and recomputed otherwise
+    (no power-iteration state: see :class:`~stabilitylab.layers.SpectralConv2d`). 1-Lipschitz
+    for every kernel and bias (module docstring).
 
     Shapes: ``(N, in_channels, H, W) -> (N, in_channels, H, W)``.
 
