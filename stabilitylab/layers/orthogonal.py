@@ -22,8 +22,9 @@ side. Stride ``s`` in the convolutions is an invertible downsampling (space-to-d
 ``pixel_unshuffle``: a permutation of the pixels, orthogonal) to ``in * s**2`` channels first.
 
 No layer keeps state between calls (no power iteration): outputs are the same in training and
-evaluation mode. The convolutions cache their per-frequency matrices only in evaluation mode
-without autograd, keyed on the weight's values (compared with a stored copy), dtype, device,
+evaluation mode. The convolutions cache their per-frequency matrices (SOC: its rescaled kernel
+or its transfer matrices) only in evaluation mode when no gradient with respect to the weight is
+needed (grad mode off, or a frozen weight: input gradients still flow), keyed on the weight's values (compared with a stored copy), dtype, device,
 the input size and the layer's settings, so any parameter update (including in-place ones
 through ``weight.data``, which the version counter misses) or a new input size recomputes them;
 the cache is bypassed while traced (``torch.compile``, ``torch.export``, ``meta`` tensors), where
@@ -41,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from stabilitylab._checks import check_int, check_number, check_pair, check_positive
-from stabilitylab.layers._bounds import conv_bound
+from stabilitylab.layers._bounds import ConvBoundCache
 from stabilitylab.layers._common import _check_bool, _check_features, _check_image, _tracing, _Validated
 
 __all__ = [
@@ -104,16 +105,23 @@ def _reflector_basis(V: Tensor, eps: float | None) -> Tensor:
     eigenvalues in [0, 1] up to the rounding of Householder QR (a few units of machine
     precision, independently of the conditioning of V). Hence I - 2 U U^* is Hermitian with
     eigenvalues in [-1, 1]: 1-Lipschitz for every V, and orthogonal, up to a relative 2 s /
-    sigma_min(V)^2, when V has full rank. V is first divided by its largest entry (detached; the
-    projector does not depend on the scale of V) so that nothing under- or overflows.
+    sigma_min(V)^2, when V has full rank. V is first divided by its largest entry (for complex V
+    the largest real or imaginary part; detached: the projector does not depend on the scale of
+    V) so that nothing under- or overflows; norms are taken of real views (complex norms are
+    slow on CPU).
     """
     dtype = V.real.dtype if V.is_complex() else V.dtype
     finfo = torch.finfo(dtype)
     eps = finfo.eps if eps is None else eps
     k = V.shape[-1]
-    peak = V.detach().abs().amax(dim=(-2, -1), keepdim=True).clamp_min(finfo.tiny)
+    flat = torch.view_as_real(V) if V.is_complex() else V  # real views: complex norms are slow on CPU
+    dims = (-3, -2, -1) if V.is_complex() else (-2, -1)
+    peak = flat.detach().abs().amax(dim=dims, keepdim=True).clamp_min(finfo.tiny)
+    if V.is_complex():
+        peak = peak[..., 0]
     V = V / peak
-    root = math.sqrt(eps) * torch.linalg.vector_norm(V, dim=(-2, -1)) + math.sqrt(finfo.tiny)
+    flat = torch.view_as_real(V) if V.is_complex() else V
+    root = math.sqrt(eps) * torch.linalg.vector_norm(flat, dim=dims) + math.sqrt(finfo.tiny)
     eye = torch.eye(k, dtype=V.dtype, device=V.device)
     stacked = torch.cat([V, root[..., None, None] * eye], dim=-2)
     Q = torch.linalg.qr(stacked, mode="reduced").Q
@@ -385,33 +393,44 @@ class _OrthogonalConv(_Validated, nn.Module):
     def _check_grid(self, grid: tuple[int, int]) -> None:
         """Conditions on the (downsampled) image size; none by default."""
 
-    def _cached(self, grid: tuple[int, int], compute):
-        """compute() in training mode, with autograd on, or while traced (``torch.compile``,
-        ``torch.export``, ``meta`` tensors: the comparison below reads values, and a traced graph
-        must compute the operator from its inputs); otherwise its cached value, recomputed
-        unless the weight has the same dtype, device, shape and *values* as when it was cached
-        (compared entry by entry with a stored copy, which costs one pass over the weight) and
-        the grid and settings are the same. Comparing values rather than the version counter
-        catches every way of changing a parameter: optimizer steps, ``load_state_dict``,
-        ``.to()``, and in-place updates through ``weight.data``, which bypass the counter."""
-        if self.training or torch.is_grad_enabled() or _tracing(self.weight):
+    def _cached(self, grid: tuple[int, int], compute, tag: str = ""):
+        """compute() in training mode, when autograd needs the weight's gradient (grad mode on
+        and ``weight.requires_grad``), or while traced (``torch.compile``, ``torch.export``,
+        ``meta`` tensors: the comparison below reads values, and a traced graph must compute the
+        operator from its inputs); otherwise its cached value (one slot per ``tag``: what is
+        cached), recomputed unless the weight has the same dtype, device, shape and *values* as
+        when it was cached (compared entry by entry with a stored copy, which costs one pass over
+        the weight) and the grid and settings are the same. Comparing values rather than the
+        version counter catches every way of changing a parameter: optimizer steps,
+        ``load_state_dict``, ``.to()``, and in-place updates through ``weight.data``, which bypass
+        the counter. In evaluation mode with a frozen weight and grad mode on, the cached tensors
+        (which carry no graph) still pass gradients to the input."""
+        needs_graph = torch.is_grad_enabled() and self.weight.requires_grad
+        if self.training or needs_graph or _tracing(self.weight):
             if not _tracing(self.weight):
                 self._cache = None
             return compute()
         w = self.weight.detach()
         key = self._cache_key(grid)
-        cache = self._cache
-        if (
-            cache is not None
-            and cache[0] == key
-            and cache[1].dtype == w.dtype
-            and cache[1].device == w.device
-            and cache[1].shape == w.shape
-            and torch.equal(cache[1], w)
-        ):
+        slots = self._cache if isinstance(self._cache, dict) else {}
+
+        def valid(slot) -> bool:
+            return (
+                slot[0] == key
+                and slot[1].dtype == w.dtype
+                and slot[1].device == w.device
+                and slot[1].shape == w.shape
+                and torch.equal(slot[1], w)
+            )
+
+        cache = slots.get(tag)
+        if cache is not None and valid(cache):
             return cache[2]
-        value = compute()
-        self._cache = (key, w.clone(), value)
+        with torch.no_grad():
+            value = compute()
+        slots = {name: slot for name, slot in slots.items() if valid(slot)}
+        slots[tag] = (key, w.clone(), value)
+        self._cache = slots
         return value
 
     def __getstate__(self):
@@ -683,6 +702,55 @@ def _exp_series(x: Tensor, kernel: Tensor, n_terms: int, circular: bool, scale: 
     return y * scale
 
 
+def _transfer_matrices(kernel: Tensor, grid: tuple[int, int]) -> Tensor:
+    r"""The matrices of the circular same-size convolution by ``kernel`` ``(n, n, kh, kw)`` (odd
+    sizes, cross-correlation centred as ``_conv_same``) at every frequency of the half spectrum
+    of an ``h x w`` grid (at least the kernel): complex ``(h * (w // 2 + 1), n, n)``. Tap
+    :math:`p` reads :math:`x[a + p - c]`, :math:`c = k // 2`: it is the convolution (in the
+    DFT's sense) by the array holding tap :math:`p` at offset :math:`c - p` (mod the grid), whose
+    DFT the result is."""
+    kh, kw = kernel.shape[-2:]
+    h, w = grid
+    spread = F.pad(kernel.flip(-2, -1), (0, w - kw, 0, h - kh))
+    spread = torch.roll(spread, shifts=(-(kh // 2), -(kw // 2)), dims=(-2, -1))
+    n_out, n_in = kernel.shape[:2]
+    return torch.fft.rfft2(spread).reshape(n_out, n_in, -1).permute(2, 0, 1)
+
+
+def _exp_matrices(L: Tensor, n_terms: int, scale: Tensor) -> Tensor:
+    r""":math:`\text{scale} \cdot \sum_{j=0}^{K} L^j / j!` for a batch of square matrices, by
+    Horner's rule :math:`I + L(I + \frac{L}{2}(\cdots(I + \frac{L}{K})))` (K - 1 products)."""
+    eye = torch.eye(L.shape[-1], dtype=L.dtype, device=L.device)
+    P = eye + L / n_terms
+    for j in range(n_terms - 1, 0, -1):
+        P = eye + (L @ P) / j
+    return P * scale
+
+
+def _apply_spectral(x: Tensor, T: Tensor, out: int) -> Tensor:
+    """``irfft2(T(f) rfft2(x)(f))``: x real ``(b, d, h, w)``, T ``(h * (w // 2 + 1), out, d)``."""
+    b, d, h, w = x.shape
+    X = torch.fft.rfft2(x).reshape(b, d, -1).permute(2, 1, 0)  # (f, d, b)
+    Y = (T @ X).permute(2, 1, 0).reshape(b, out, h, w // 2 + 1)
+    return torch.fft.irfft2(Y, s=(h, w))
+
+
+def _soc_prefers_spectrum(batch: int, n: int, d: int, out: int, grid: tuple[int, int], kernel_size, n_terms: int) -> bool:
+    r"""Whether the series on the transfer matrices costs fewer multiply-adds than the series on
+    the activations, per call (forward; the backward scales alike). Activations: K convolutions,
+    :math:`K b n^2 h w\, k_h k_w`. Spectrum: the kernel's DFT, K - 1 complex products of
+    :math:`n \times n` matrices and one of the batch at every one of the :math:`f = h(w/2 + 1)`
+    frequencies (4 real multiply-adds per complex one), and two real FFTs of the batch
+    (:math:`\approx 2.5\, hw \log_2(hw)` per image)."""
+    h, w = grid
+    kh, kw = kernel_size
+    freqs = h * (w // 2 + 1)
+    activations = n_terms * batch * n * n * h * w * kh * kw
+    fft = 2.5 * h * w * max(1.0, math.log2(h * w))
+    spectrum = 4 * freqs * ((n_terms - 1) * n**3 + batch * out * d) + fft * (n * n + batch * (d + out))
+    return spectrum < activations
+
+
 class SOCConv2d(_OrthogonalConv):
     r"""Skew orthogonal convolution: the exponential of a skew-symmetric convolution.
 
@@ -693,6 +761,13 @@ class SOCConv2d(_OrthogonalConv):
     orthogonal: :math:`\exp(L)^\top \exp(L) = \exp(-L)\exp(L) = I` [singla2021skew]. The layer
     evaluates the Taylor series truncated after :math:`K` = ``n_terms`` terms,
     :math:`T_K(L)\,x = \sum_{j=0}^{K} L^j x / j!` (K convolutions), with two safeguards:
+    (with circular padding, when it costs fewer multiply-adds, e.g. small images and large
+    batches, the same series is summed on the transfer matrices instead: :math:`L` is the
+    product by :math:`\hat S(f)` at every frequency of the half spectrum, so
+    :math:`T_K(L) = \mathcal F^{-1} T_K(\hat S(f)) \mathcal F`, K - 1 products of
+    :math:`n \times n` matrices per frequency and one with the batch; the same operator, so
+    the accounting below holds unchanged. Zero padding always uses the convolutions: the
+    composition of zero-padded convolutions is not a zero-padded convolution.)
 
     * **Rescaling**, computed at every call since it depends on the input size :math:`h \times
       w`: :math:`\hat s \ge \|\mathrm{conv}_S\|_2` is the certified Gram-iteration bound
@@ -792,7 +867,11 @@ class SOCConv2d(_OrthogonalConv):
         S = _skew_kernel(self.weight)
         kh, kw = self.kernel_size
         mode = "circular" if self.padding == "circular" else "zeros"
-        bound = conv_bound(S, grid, padding_mode=mode, padding=(kh // 2, kw // 2), stride=(1, 1), n_iter=self.n_iter)
+        cache = self.__dict__.get("_bound_cache")
+        if cache is None:
+            cache = self.__dict__["_bound_cache"] = ConvBoundCache()
+        # the certified bound of SpectralConv2d: cached while S is unchanged, the norm's gradient
+        bound = cache(S, grid, padding_mode=mode, padding=(kh // 2, kw // 2), stride=(1, 1), n_iter=self.n_iter)
         factor = self.max_norm / bound.clamp_min(self.max_norm)  # a Python scalar: no host-to-device copy
         s = bound * factor  # = min(bound, rho) >= ||L||
         return S * factor, s, _exp_tail(s.detach(), self.n_terms, self.max_norm)
@@ -801,10 +880,30 @@ class SOCConv2d(_OrthogonalConv):
         kernel, _, tail = self._normalized(grid)
         return kernel, 1 / (1 + tail)
 
+    def _use_spectrum(self, x: Tensor) -> bool:
+        """The series on the transfer matrices (circular padding only: there the composition of
+        the convolutions is the circular convolution of the composed kernels, hence a product of
+        matrices per frequency; with zero padding it is not) when it is cheaper; never while
+        traced (the graphs keep real convolutions) nor for dtypes without FFTs."""
+        if self.padding != "circular" or x.dtype not in (torch.float32, torch.float64) or _tracing(x):
+            return False
+        b, _, h, w = x.shape
+        return _soc_prefers_spectrum(
+            b, self.channels, self.downsampled_channels, self.out_channels, (h, w), self.kernel_size, self.n_terms
+        )
+
+    def _spectral_inputs(self, grid: tuple[int, int]) -> Tensor:
+        kernel, scale = self._series_inputs(grid)
+        T = _exp_matrices(_transfer_matrices(kernel, grid), self.n_terms, scale)
+        return T[:, : self.out_channels, : self.downsampled_channels]
+
     def forward(self, x: Tensor) -> Tensor:
         x, unbatched = self._prepare(x)
         grid = (x.shape[-2], x.shape[-1])
-        kernel, scale = self._cached(grid, lambda: self._series_inputs(grid))
+        if self._use_spectrum(x):
+            T = self._cached(grid, lambda: self._spectral_inputs(grid), "spectrum")
+            return self._finish(_apply_spectral(x, T, min(self.out_channels, self.channels)), unbatched)
+        kernel, scale = self._cached(grid, lambda: self._series_inputs(grid), "kernel")
         y = _exp_series(self._pad_channels(x, self.channels), kernel, self.n_terms, self.padding == "circular", scale)
         return self._finish(y, unbatched)
 
