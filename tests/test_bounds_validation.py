@@ -136,6 +136,10 @@ CASES = [
      [torch.long, "float64", 3]),
     (spectral.kernel_autocorrelation, lambda: {"kernel": _kernel()}, "kernel",
      [torch.randn(2, 3, 3), torch.ones(1, 1, 2, 2, dtype=torch.long), torch.full((1, 1, 2, 2), NAN), 3]),
+    (spectral.kernel_gram_bound, lambda: {"kernel": _kernel()}, "kernel",
+     [torch.randn(2, 3, 3), torch.ones(1, 1, 2, 2, dtype=torch.long), torch.full((1, 1, 2, 2), NAN), 3]),
+    (spectral.kernel_gram_bound, lambda: {"kernel": _kernel()}, "n_iter", [0, -1, 1.5, "2", None]),
+    (spectral.kernel_gram_bound, lambda: {"kernel": _kernel()}, "stride", [0, (1, 0), 1.5, "1"]),
     # ------------------------------------------------------------------ certify
     (certify.certified_radius, lambda: {"logits": torch.randn(5, 2), "labels": _y()}, "logits",
      [torch.ones(5, 2, dtype=torch.long), torch.randn(5), torch.randn(5, 1), torch.full((5, 2), NAN), 3]),

@@ -286,7 +286,7 @@ def _orthonormal_bound(W: Tensor, gram_iter: int) -> Tensor:
 
 
 def _layer_cache(layer: nn.Module) -> ConvBoundCache:
-    """The layer's :class:`~stabilitylab.layers._bounds.ConvBoundCache` (made on first use, so that
+    """The layer's ``ConvBoundCache`` (made on first use, so that
     layers pickled before it existed load too)."""
     cache = layer.__dict__.get("_bound_cache")
     if cache is None:
@@ -335,7 +335,7 @@ class SpectralConv2d(_Validated, _SizeDependentBound, nn.Conv2d):
     optimizer step, ``load_state_dict`` or a change through ``.data`` all trigger a new one) and
     for the same image size, so evaluation costs a plain convolution. The gradient that flows
     through the bound is that of the convolution's norm (the Rayleigh quotient of the leading
-    vector, see :func:`~stabilitylab.layers._bounds.conv_bound_fast`), which needs no backward
+    vector at the frequency that attains the bound, held constant), which needs no backward
     pass through the Gram steps. The number of steps is fixed, so the layer traces
     (``torch.compile``, ``torch.export``, ``meta`` tensors: no cache, no pruning there).
 
