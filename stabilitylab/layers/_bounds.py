@@ -200,28 +200,10 @@ def _transfer_times(kernel: Tensor, grid: tuple[int, int], f: Tensor, a: Tensor,
     return real.square().sum() + imag.square().sum()
 
 
-def conv_bound_fast(kernel: Tensor, input_size: tuple[int, int], *, padding_mode: str, padding: tuple[int, int],
-                    stride: tuple[int, int], n_iter: int) -> Tensor:
-    r""":func:`conv_bound`'s value (to rounding) with a cheaper gradient, for training.
-
-    The bound is computed without autograd; the gradient that flows through it is that of the
-    Rayleigh quotient :math:`\rho(K) = \|\hat K(f^*) v\| / \|v\|` at the frequency :math:`f^*`
-    that attains the bound, with :math:`v` the leading column of the last Gram iterate there
-    (held constant): the output is ``bound * rho / rho.detach()``, equal to ``bound``. By the
-    envelope theorem :math:`\nabla \rho` is the gradient of the convolution's norm
-    :math:`\sigma_1` wherever the top singular value is simple (up to :math:`O(\|v - v_1\|)`,
-    and after ``n_iter`` steps :math:`v` is within :math:`(\sigma_2 / \sigma_1)^{2^{n_{iter}}}` of
-    :math:`v_1`), the gradient that power-iteration spectral normalization uses
-    [miyato2018spectral]; the bound's own gradient differs from it by the bound's slack. It
-    needs no backward pass through the Gram steps (three times the forward's cost)."""
-    state = _bound_state(kernel, input_size, padding_mode=padding_mode, padding=padding, stride=stride, n_iter=n_iter)
-    return _with_gradient(kernel, state, stride)
-
-
 class ConvBoundCache:
     """The certified bound of a layer's convolution, kept while the kernel is unchanged.
 
-    ``conv_bound_fast`` costs several Gram steps on every frequency; a layer called again with
+    The bound costs several Gram steps on every frequency; a layer called again with
     the same kernel (evaluation, several forwards per optimizer step) reuses the bound and the
     leading vector, and only recomputes the cheap Rayleigh quotient that carries the gradient.
     A hit needs the same geometry and a kernel equal, entry for entry, to the one the bound was
@@ -267,8 +249,17 @@ def _bound_state(kernel: Tensor, input_size: tuple[int, int], *, padding_mode: s
 
 
 def _with_gradient(kernel: Tensor, state: tuple, stride: tuple[int, int]) -> Tensor:
-    """The bound of ``state``, carrying the gradient of the Rayleigh quotient (see
-    :func:`conv_bound_fast`) when autograd needs the kernel's."""
+    r"""The bound of ``state`` (computed without autograd), carrying, when autograd needs the
+    kernel's gradient, that of the Rayleigh quotient :math:`\rho(K) = \|\hat K(f^*) v\| / \|v\|` at
+    the frequency :math:`f^*` that attains the bound, with :math:`v` the leading column of the
+    last Gram iterate there (held constant): the output is ``bound * rho / rho.detach()``, equal
+    to ``bound``. By the envelope theorem :math:`\nabla \rho` is the gradient of the
+    convolution's norm :math:`\sigma_1` wherever the top singular value is simple (up to
+    :math:`O(\|v - v_1\|)`, and after ``n_iter`` steps :math:`v` is within
+    :math:`(\sigma_2 / \sigma_1)^{2^{n_{iter}}}` of :math:`v_1`), the gradient that
+    power-iteration spectral normalization uses [miyato2018spectral]; the bound's own gradient
+    differs from it by the bound's slack. No backward pass runs through the Gram steps (three
+    times the forward's cost); second derivatives are those of :math:`\rho` with :math:`v` fixed."""
     bound, grid, f, a, b, vv = state
     if not torch.is_grad_enabled() or not kernel.requires_grad:
         return bound
@@ -281,3 +272,13 @@ def _with_gradient(kernel: Tensor, state: tuple, stride: tuple[int, int]) -> Ten
     rho = torch.sqrt(torch.where(positive, squared, torch.ones_like(squared)))  # no infinite derivative at 0
     ratio = torch.where(positive, rho / rho.detach(), torch.ones_like(rho))
     return bound * ratio.to(bound.dtype)
+
+
+def cached_conv_bound(layer, kernel: Tensor, input_size: tuple[int, int], **geometry) -> Tensor:
+    """The certified bound of ``kernel``'s convolution through ``layer``'s :class:`ConvBoundCache`
+    (made on first use, so that layers pickled before it existed load too): the value of
+    :func:`conv_bound` (to rounding) with the gradient of :func:`_with_gradient`."""
+    cache = layer.__dict__.get("_bound_cache")
+    if cache is None:
+        cache = layer.__dict__["_bound_cache"] = ConvBoundCache()
+    return cache(kernel, input_size, **geometry)

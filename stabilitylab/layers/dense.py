@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from stabilitylab._checks import check_int, check_pair, check_tol
-from stabilitylab.layers._bounds import ConvBoundCache, gram_bound
+from stabilitylab.layers._bounds import cached_conv_bound, gram_bound
 from stabilitylab.layers._common import (  # noqa: F401  (_check_int: imported from here by other modules)
     _check_bool,
     _check_features,
@@ -285,15 +285,6 @@ def _orthonormal_bound(W: Tensor, gram_iter: int) -> Tensor:
 # ----------------------------------------------------------------------------- convolutions
 
 
-def _layer_cache(layer: nn.Module) -> ConvBoundCache:
-    """The layer's ``ConvBoundCache`` (made on first use, so that
-    layers pickled before it existed load too)."""
-    cache = layer.__dict__.get("_bound_cache")
-    if cache is None:
-        cache = layer.__dict__["_bound_cache"] = ConvBoundCache()
-    return cache
-
-
 def _deprecated_tol(tol, layer: str) -> None:
     """``tol=`` of the size-dependent convolutions: the bound now takes ``n_iter`` fixed Gram
     steps (a stopping rule on tensor values cannot be traced); still validated, then ignored."""
@@ -424,8 +415,8 @@ class SpectralConv2d(_Validated, _SizeDependentBound, nn.Conv2d):
         one the forward divides by."""
         size = check_pair(input_size, "input_size", 1)
         self._check_size(size)
-        return _layer_cache(self)(self.weight, size, padding_mode=self.padding_mode, padding=self.padding,
-                                  stride=self.stride, n_iter=self.n_iter)
+        return cached_conv_bound(self, self.weight, size, padding_mode=self.padding_mode, padding=self.padding,
+                                 stride=self.stride, n_iter=self.n_iter)
 
     def normalized_weight(self, input_size: int | tuple[int, int]) -> Tensor:
         """The kernel applied to ``input_size`` images, ``K / bound``."""

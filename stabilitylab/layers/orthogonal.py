@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from stabilitylab._checks import check_int, check_number, check_pair, check_positive
-from stabilitylab.layers._bounds import ConvBoundCache
+from stabilitylab.layers._bounds import cached_conv_bound
 from stabilitylab.layers._common import _check_bool, _check_features, _check_image, _tracing, _Validated
 
 __all__ = [
@@ -867,11 +867,9 @@ class SOCConv2d(_OrthogonalConv):
         S = _skew_kernel(self.weight)
         kh, kw = self.kernel_size
         mode = "circular" if self.padding == "circular" else "zeros"
-        cache = self.__dict__.get("_bound_cache")
-        if cache is None:
-            cache = self.__dict__["_bound_cache"] = ConvBoundCache()
         # the certified bound of SpectralConv2d: cached while S is unchanged, the norm's gradient
-        bound = cache(S, grid, padding_mode=mode, padding=(kh // 2, kw // 2), stride=(1, 1), n_iter=self.n_iter)
+        bound = cached_conv_bound(self, S, grid, padding_mode=mode, padding=(kh // 2, kw // 2), stride=(1, 1),
+                                  n_iter=self.n_iter)
         factor = self.max_norm / bound.clamp_min(self.max_norm)  # a Python scalar: no host-to-device copy
         s = bound * factor  # = min(bound, rho) >= ||L||
         return S * factor, s, _exp_tail(s.detach(), self.n_terms, self.max_norm)

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from stabilitylab._checks import check_int, check_pair
-from stabilitylab.layers._bounds import gram_bound
+from stabilitylab.layers._bounds import cached_conv_bound, gram_bound
 from stabilitylab.layers._common import (
     _check_bool,
     _check_features,
@@ -56,7 +56,7 @@ from stabilitylab.layers._common import (
     _SizeDependentBound,
     _Validated,
 )
-from stabilitylab.layers.dense import _deprecated_tol, _layer_cache
+from stabilitylab.layers.dense import _deprecated_tol
 from stabilitylab.spectral import _autocorrelation
 
 __all__ = ["SLLLinear", "SLLConv2d", "CPLLinear", "CPLConv2d", "ExportedResidual"]
@@ -455,8 +455,8 @@ class CPLConv2d(_SizeDependentBound, _ResidualConv2d):
         forward uses."""
         size = check_pair(input_size, "input_size", 1)
         self._check_size(size)
-        return _layer_cache(self)(self.weight, size, padding_mode=self.padding_mode, padding=self.padding,
-                                  stride=(1, 1), n_iter=self.n_iter)
+        return cached_conv_bound(self, self.weight, size, padding_mode=self.padding_mode, padding=self.padding,
+                                 stride=(1, 1), n_iter=self.n_iter)
 
     def inverse_t(self, x: Tensor) -> Tensor:
         """:math:`1/\\hat\\sigma^2` for the size of ``x``, repeated ``(inner_channels,)``."""
