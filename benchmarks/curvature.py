@@ -1,7 +1,7 @@
 """Benchmark: Hessian top eigenvalue and trace, stabilitylab.curvature against PyHessian 0.1.
 
-Networks on the `digits` data (512 examples, full-batch loss, float32): MLPs of about 2k, 85k
-and 300k parameters and a small CNN of about 12k, each (a) trained for 300 full-batch Adam steps
+Networks on the `digits` data (512 examples, full-batch loss, float32): MLPs of about 2.4k, 5.8k
+(64-77-10, the issue's size), 85k and 300k parameters and a small CNN of about 12k, each (a) trained for 300 full-batch Adam steps
 and (b) at initialization (top relative gaps 1 - lambda2/lambda1 of about 6% to 25%), plus
 (c) a case with a small top gap: the summed loss of two mlp-s trained from different seeds
 (block-diagonal Hessian, top gap about 3%), where power iteration converges like
@@ -35,7 +35,10 @@ forward-over-reverse, one vector and 8 at once (interleaved medians, products on
 each ended up using and what `method="auto"` chose. (4) the target: ours (the default `auto`
 products) against PyHessian's cheapest setting reaching 1e-3, with the ratio PyHessian time / ours.
 
-    python benchmarks/curvature.py [--quick] [--threads N] [--repeats R]
+    python benchmarks/curvature.py [--quick] [--threads N] [--repeats R] [--cases mlp-5.8k,...]
+
+(--cases: only these networks, trained and at init, and the pair only when "pair" is named;
+results then go to curvature_<cases>.json, leaving the full run's file alone.)
 
 PyHessian is built with `cuda=False` (its default, True, moves the data with `.cuda()`). Rows and
 machine information go to benchmarks/results/curvature.json (curvature_quick.json with --quick).
@@ -79,6 +82,7 @@ PYHESSIAN_SETTINGS = ((100, 1e-3), (1000, 3e-4), (1000, 1e-4), (1000, 1e-5))  # 
 ESCALATE_TOLS = (1e-6, 1e-7, 1e-8)  # tried in turn (maxIter=1000) only when no setting above reached 1e-3
 SLOW_CALL_S = 2.0  # a row whose warm-up call takes longer is timed once
 HVP_BATCH = 8  # vectors per batched product in the per-method table
+MODELS = ("mlp-s", "mlp-5.8k", "mlp-m", "cnn", "mlp-l")  # the networks of a full run, in this order
 
 
 # ----------------------------------------------------------------------------- problems
@@ -86,7 +90,7 @@ HVP_BATCH = 8  # vectors per batched product in the per-method table
 
 def make_model(name: str) -> nn.Module:
     if name.startswith("mlp"):
-        width, depth = {"mlp-s": (32, 1), "mlp-m": (256, 2), "mlp-l": (512, 2)}[name]
+        width, depth = {"mlp-s": (32, 1), "mlp-5.8k": (77, 1), "mlp-m": (256, 2), "mlp-l": (512, 2)}[name]
         layers, d = [nn.Flatten()], 64
         for _ in range(depth):
             layers += [nn.Linear(d, width), nn.Tanh()]
@@ -440,7 +444,12 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="mlp-s trained 100 steps and at init, the pair; one repeat: a smoke test")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds per table (default 5)")
+    parser.add_argument("--cases", default=None,
+                        help="comma-separated networks (" + ", ".join(MODELS) + ", pair); default: all")
     args = parser.parse_args(argv)
+    chosen = None if args.cases is None else [c.strip() for c in args.cases.split(",") if c.strip()]
+    if chosen is not None and (not chosen or any(c not in (*MODELS, "pair") for c in chosen)):
+        parser.error(f"--cases must name some of {', '.join(MODELS)}, pair; got {args.cases!r}")
     repeats = args.repeats
     torch.set_num_threads(args.threads)
     machine = machine_info()
@@ -451,14 +460,18 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     data = load_dataset("digits")
     x, y = data.tensors[0][:N_EXAMPLES], data.tensors[1][:N_EXAMPLES]
-    names = ["mlp-s"] if args.quick else ["mlp-s", "mlp-m", "cnn", "mlp-l"]
+    names = ["mlp-s"] if args.quick else list(MODELS)
+    if chosen is not None:
+        names = [n for n in names if n in chosen]
     steps = 100 if args.quick else 300
     cross_entropy = nn.functional.cross_entropy
     # (name, label suffix, model, criterion, with the trace rows)
     cases = [(n, f"trained {steps}", trained(n, x, y, steps), cross_entropy, True) for n in names]
     cases += [(n, "init", trained(n, x, y, 0), cross_entropy, False) for n in names]
-    cases.append(("2 x mlp-s", f"trained {steps}, seeds 0 and 5, summed loss",
-                  Pair(trained("mlp-s", x, y, steps), trained("mlp-s", x, y, steps, seed=5)).eval(), pair_loss, False))
+    if chosen is None or "pair" in chosen:
+        cases.append(("2 x mlp-s", f"trained {steps}, seeds 0 and 5, summed loss",
+                      Pair(trained("mlp-s", x, y, steps), trained("mlp-s", x, y, steps, seed=5)).eval(), pair_loss,
+                      False))
     eigen_cases, trace_cases, refs, hvp_cases, product_methods = [], [], [], [], {}
     for name, kind, model, criterion, with_trace in cases:
         n_params = sum(p.numel() for p in model.parameters())
@@ -497,6 +510,8 @@ def main(argv=None) -> int:
     machine["load_average_end"] = os.getloadavg()
     print(f"\ntotal {total:.0f} s; load average at the end {machine['load_average_end'][0]:.2f}")
     results = RESULTS.with_name("curvature_quick.json") if args.quick else RESULTS
+    if chosen is not None:
+        results = results.with_name(results.stem + "_" + "_".join(chosen) + ".json")
     results.parent.mkdir(parents=True, exist_ok=True)
     results.write_text(json.dumps({
         "benchmark": "curvature",
