@@ -76,7 +76,7 @@ def calls(device: torch.device | str = "cpu", size: str = "tiny") -> list[Call]:
         Call("spectral.conv_spectral_norm[circular exact]", spectral.conv_spectral_norm,
              dict(kernel=kernel, input_size=hw, padding="circular", method="exact")),
         Call("spectral.conv_spectral_norm[zeros gram]", spectral.conv_spectral_norm,
-             dict(kernel=kernel, input_size=hw, padding="zeros")),
+             dict(kernel=kernel, input_size=hw, padding="zeros", dense=True)),
         Call("spectral.conv_transfer_matrices", spectral.conv_transfer_matrices, dict(kernel=kernel, input_size=8)),
         Call("spectral.conv_operator_matrix", spectral.conv_operator_matrix,
              dict(kernel=kernel[:4, :4], input_size=6, padding="zeros")),

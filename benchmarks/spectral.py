@@ -333,7 +333,7 @@ def sweep_section(device, repeats: int, quick: bool) -> list[dict]:
     """The issue's measure of the zero-padding bound: every small random layer of a grid (3x3 and
     5x5 kernels, 5-9 px images, 1-16 channels, padding k//2, float64), ours (the default
     conv_spectral_norm: the Cholesky certificate where it applies) and the circular-embedding
-    bound alone (n_iter=40 with tol, which skips the certificate), against the dense SVD."""
+    bound alone (dense=False), against the dense SVD."""
     channels, kernels, sizes = ((1, 4), (3,), (5, 8)) if quick else ((1, 2, 4, 8, 16), (3, 5), (5, 6, 7, 8, 9))
     rows = []
     for c in channels:
@@ -343,7 +343,7 @@ def sweep_section(device, repeats: int, quick: bool) -> list[dict]:
                 exact = conv_spectral_norm(kernel, n, padding="zeros", method="exact").item()
                 row = {"channels": c, "kernel": k, "n": n, "exact": exact}
                 for name, fn in (("ours", lambda: conv_spectral_norm(kernel, n, padding="zeros")),
-                                 ("embedding", lambda: conv_spectral_norm(kernel, n, padding="zeros", n_iter=40))):
+                                 ("embedding", lambda: conv_spectral_norm(kernel, n, padding="zeros", dense=False))):
                     last = {}
 
                     def call():

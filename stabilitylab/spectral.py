@@ -735,6 +735,7 @@ def conv_spectral_norm(
     n_iter: int | None = None,
     tol: float | None = 1e-3,
     generator: torch.Generator | None = None,
+    dense: bool = True,
 ) -> Tensor:
     r"""Spectral norm of a 2-D convolution as a linear map on ``c_in x h x w`` images.
 
@@ -752,7 +753,7 @@ def conv_spectral_norm(
     :math:`P\, C_N\, E` with :math:`E` an isometric embedding and :math:`P` a coordinate
     projection; hence :math:`\|Z_n\|_2 \le \|C_N\|_2` for every such :math:`N`
     [delattre2024spectral]. That bound can lie 15% above the norm for large kernels on small
-    images, so ``"gram"`` with ``tol`` (and no ``n_iter``) first tries a tight certificate when
+    images, so ``"gram"`` with ``tol``, no ``n_iter`` and ``dense`` first tries a tight certificate when
     the Gram matrix :math:`G = Z_n^\top Z_n` (or :math:`Z_n Z_n^\top`) has at most 2048 rows:
     :math:`G` is formed from the kernel alone (each entry sums products of the taps that meet),
     Lanczos estimates its top eigenvalue :math:`\theta`, and a Cholesky factorization that runs
@@ -789,6 +790,8 @@ def conv_spectral_norm(
             otherwise to the circular bound on the larger grid, which can lie a few percent
             above the norm (more for large kernels on small images).
         generator: seeds ``"power"``.
+        dense: with zero padding and ``"gram"``, try the Cholesky certificate of the Gram
+            matrix first (False: the circular-embedding bound only).
 
     Returns:
         A 0-dim tensor in the kernel's dtype; differentiable with respect to ``kernel``.
@@ -807,6 +810,8 @@ def conv_spectral_norm(
     check_generator(generator)
     if n_iter is not None:
         check_int(n_iter, "n_iter", 0 if method == "gram" else 1)
+    if not isinstance(dense, bool):
+        raise TypeError(f"dense must be a bool, got {dense!r}")
     kh, kw = kernel.shape[-2:]
     mode, pad = _check_padding(padding, (kh, kw))
 
@@ -838,7 +843,7 @@ def conv_spectral_norm(
             n_iter=n_iter or 100,
             generator=generator,
         )
-    if n_iter is None and tol is not None:
+    if dense and n_iter is None and tol is not None:
         certified = _cholesky_conv_norm(kernel, (h, w), ((pad[0], pad[0]), (pad[1], pad[1])), stride_hw, tol)
         if certified is not None:
             return _certified_conv(certified, kernel)

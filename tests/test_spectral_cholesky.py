@@ -54,7 +54,7 @@ def test_closes_the_embedding_gap_on_small_images(c, k, n):
     kernel = torch.randn(c, c, k, k, dtype=F64, generator=torch.Generator().manual_seed(c * k * n))
     truth = _norm(spectral.conv_operator_matrix(kernel, n, padding="zeros"))
     bound = spectral.conv_spectral_norm(kernel, n, padding="zeros").item()
-    embedding = spectral.conv_spectral_norm(kernel, n, padding="zeros", n_iter=8, tol=None).item()
+    embedding = spectral.conv_spectral_norm(kernel, n, padding="zeros", dense=False).item()
     assert truth <= bound <= truth * (1 + 1e-3) < embedding
 
 
