@@ -984,12 +984,10 @@ def layer_bounds(model: nn.Module, input_shape: Sequence[int] | int, *, tol: flo
       inserts zeros between the taps; ``groups`` make the operator block-diagonal, so its norm
       is the largest over groups. Zero padding (int, pair, ``"same"`` with its asymmetric split,
       ``"valid"``) is rewritten as a symmetric padding of a zero-extended kernel (same map, see
-      :func:`stabilitylab.spectral.conv2d_norm`) and bounded by :func:`stabilitylab.spectral.conv_spectral_norm`
-      (``method="gram"``: the circular embedding of [delattre2024spectral]); for operators up to
-      about a thousand on a side, Gram iteration on the unrolled operator
-      (:func:`stabilitylab.spectral.conv_operator_matrix`) is also run and the smaller
-      certified bound kept (it converges to the norm; the embedding bound can be 15% above it on
-      4x4 images). Circular padding: output :math:`i` of the layer is output
+      :func:`stabilitylab.spectral.conv2d_norm`): when its Gram matrix has at most 2048 rows, by
+      the Cholesky certificate of :func:`stabilitylab.spectral.conv_spectral_norm` (within
+      about ``tol / 4`` of the norm itself), otherwise by the circular embedding of
+      [delattre2024spectral] (which can be 15% above the norm on 4x4 images). Circular padding: output :math:`i` of the layer is output
       :math:`(i s - p) \bmod n` of the circular convolution (a kernel longer than the image is
       folded), so the layer is the strided circular convolution up to a shift when the stride
       divides the size and the outputs cover distinct positions of one coset (then the bound is

@@ -1065,9 +1065,9 @@ def _cholesky_conv_norm(
 # dilated, grouped valid convolution. The helpers below rewrite each case as one of the
 # operators conv_spectral_norm bounds (or a row selection / column sum of one).
 
-# Largest dense convolution operator (rows * cols * min(rows, cols)) for which Gram iteration
-# on the unrolled matrix is run (about 0.3 s of CPU at the limit); above it, zero-padded
-# convolutions use the circular-embedding bound of conv_spectral_norm alone.
+# Largest dense convolution operator (rows * cols * min(rows, cols)) with circular, reflect or
+# replicate padding for which Gram iteration on the unrolled matrix is run (about 0.3 s of CPU
+# at the limit). Zero-padded convolutions use the Cholesky certificate instead.
 _DENSE_CONV_FLOPS = 2**30
 
 _PADDING_MODES = ("zeros", "circular", "reflect", "replicate")
