@@ -1,8 +1,7 @@
 """The Lanczos loop of hessian_eigenvalues and the flat-vector product it calls: the basis stays
-orthonormal with one conditional reorthogonalization pass (the whole spectrum, repeated
-eigenvalues included, against eigvalsh), the Ritz vectors are skipped without changing the
-values, and the product over a flat gradient handles parameters that are unused or enter the
-loss linearly."""
+orthonormal (the whole spectrum, repeated eigenvalues included, against eigvalsh; Q^T Q = I over
+120 steps on a clustered top), the eigenvalues do not depend on returning eigenvectors, and the
+flat product handles parameters that are unused or enter the loss linearly."""
 
 from __future__ import annotations
 
@@ -55,9 +54,10 @@ def test_basis_stays_orthonormal_over_many_steps(spread):
     m = 120
     Q = torch.empty(m, op.numel, dtype=torch.float64)
     q = spectrum._unit_start(op, torch.Generator().manual_seed(2))
-    alphas, betas, beta = [], [], 0.0
+    alphas, betas = [], []
     for j in range(m):
-        alpha, r, beta = spectrum._lanczos_step(op, Q, j, q, beta)
+        alpha, r = spectrum._lanczos_step(op, Q, j, q)
+        beta = float(torch.linalg.vector_norm(r))
         alphas.append(alpha)
         betas.append(beta)
         q = r / beta
@@ -70,8 +70,7 @@ def test_basis_stays_orthonormal_over_many_steps(spread):
 @settings(max_examples=6, deadline=None)
 @given(seed=st.integers(0, 10_000), k=st.integers(1, 4), which=st.sampled_from(["LA", "LM"]))
 def test_values_do_not_depend_on_returning_vectors(seed, k, which):
-    """With return_eigenvectors the loop computes Ritz vectors; without, it skips them: the same
-    eigenvalues either way (same start, same stopping rule)."""
+    """The same eigenvalues with and without return_eigenvectors (same start, same stopping rule)."""
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)).double()
     g = torch.Generator().manual_seed(seed + 1)
@@ -91,8 +90,8 @@ def test_values_do_not_depend_on_returning_vectors(seed, k, which):
 
 def test_flat_product_with_unused_and_linear_parameters():
     """Parameters the loss does not use (no gradient) and parameters it is linear in (a gradient
-    without a graph) have zero rows and columns in the Hessian: the flat product over the
-    concatenated gradient matches the dense float64 Hessian, in float32 and float64."""
+    without a graph) have zero rows and columns in the Hessian: the flat product (the Krylov
+    methods' path) matches the dense float64 Hessian, in float32 and float64."""
     for dtype in (torch.float64, torch.float32):
         g = torch.Generator().manual_seed(0)
         a = torch.randn(3, generator=g, dtype=torch.float64).to(dtype).requires_grad_()

@@ -316,29 +316,24 @@ class HessianOperator:
         """:math:`Hv` for a flat vector known to be finite and of the right size (the Krylov methods' path)."""
         flat = v.to(dtype=self.dtype, device=self.device)
         if self._functional is None:  # the fast path: one backward call, no per-tensor bookkeeping
-            gradient = self._live()
-            if gradient is not None:
-                # one output and one grad_output (the flat gradient, concatenated inside the graph):
-                # autograd's CatBackward slices v, where splitting it here and checking a
-                # grad_output per tensor cost ~10% of a product on a 5.8k-parameter MLP
-                out = torch.autograd.grad(gradient, self.params, grad_outputs=flat, retain_graph=True,
-                                          allow_unused=True)
+            live = self._live()
+            if live is not None:
+                outputs, positions = live
+                chunks = flat.split(self.sizes)
+                out = torch.autograd.grad(outputs, self.params, retain_graph=True, allow_unused=True,
+                                          grad_outputs=[chunks[i].view(self.shapes[i]) for i in positions])
                 self.n_products += 1
                 if any(h is None for h in out):
                     out = [torch.zeros_like(p) if h is None else h for h, p in zip(out, self.params)]
                 return torch.cat([h.reshape(-1) for h in out]).to(v.dtype)
         return self.flatten(self._product(self.unflatten(flat))).to(v.dtype)
 
-    def _live(self) -> Tensor | None:
-        """The gradient as one flat ``(P,)`` tensor that carries the graph (the concatenation is a
-        node of it), or None when no gradient does (a loss linear in params)."""
+    def _live(self):
+        """The gradients that carry a graph and their positions in params (None when none does)."""
         if self._live_cache is None:
-            if any(g.requires_grad for g in self._graph_grads):
-                with torch.enable_grad():
-                    self._live_cache = torch.cat([g.reshape(-1) for g in self._graph_grads])
-            else:
-                self._live_cache = False
-        return None if self._live_cache is False else self._live_cache
+            positions = [i for i, g in enumerate(self._graph_grads) if g.requires_grad]
+            self._live_cache = ([self._graph_grads[i] for i in positions], positions) if positions else False
+        return self._live_cache or None
 
     def matvec(self, v: Sequence[Tensor]) -> tuple[Tensor, ...]:
         """:math:`Hv` for ``v`` shaped like params; returns a tuple shaped like params.

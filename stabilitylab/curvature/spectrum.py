@@ -122,36 +122,18 @@ def _eigenvalue_error(theta: np.ndarray, residual: np.ndarray, i: int) -> float:
     return r * r / gap if gap > r else r
 
 
-_REORTHOGONALIZE = 0.7071  # a second Gram-Schmidt pass when the first one kept less than this fraction of the norm
-
-
-def _lanczos_step(op: HessianOperator, Q: Tensor, j: int, q: Tensor, beta: float) -> tuple[float, Tensor, float]:
-    """Store the unit vector q as the j-th Lanczos vector (``beta`` the previous off-diagonal,
-    0 after a restart); return alpha_j = q^T H q, the next residual w (H q orthogonalized against
-    the j + 1 vectors so far) and its norm.
-
-    The three-term recurrence w = H q - alpha_j q_j - beta q_{j-1} first (two vector updates),
-    then one classical Gram-Schmidt pass against the whole basis, and a second one only when the
-    first removed more than half of w's squared norm (the Daniel-Gragg-Kaufman-Stewart test,
-    "twice is enough" [parlett1998symmetric]): after the recurrence, the pass removes only the
-    rounding-level components, so one pass usually keeps the basis orthogonal to working
-    precision, where two unconditional passes on H q cost two more products with the basis."""
+def _lanczos_step(op: HessianOperator, Q: Tensor, j: int, q: Tensor) -> tuple[float, Tensor]:
+    """Store the unit vector q as the j-th Lanczos vector; return alpha_j = q^T H q and H q
+    orthogonalized against the j + 1 vectors so far (classical Gram-Schmidt, twice)."""
     Q[j] = q
     w = op._product_flat(q)
     alpha = float(torch.dot(w, q))
     if not math.isfinite(alpha):
         raise ValueError(NOT_FINITE)
-    w.sub_(q, alpha=alpha)
-    if j > 0 and beta != 0.0:
-        w.sub_(Q[j - 1], alpha=beta)
     basis = Q[: j + 1]
-    before = float(torch.linalg.vector_norm(w))
-    w = torch.addmv(w, basis.T, basis @ w, alpha=-1)
-    norm = float(torch.linalg.vector_norm(w))
-    if norm < _REORTHOGONALIZE * before:
+    for _ in range(2):
         w = torch.addmv(w, basis.T, basis @ w, alpha=-1)
-        norm = float(torch.linalg.vector_norm(w))
-    return alpha, w, norm
+    return alpha, w
 
 
 def _tridiagonal(alphas: Tensor, betas: Tensor, m: int) -> Tensor:
@@ -160,15 +142,14 @@ def _tridiagonal(alphas: Tensor, betas: Tensor, m: int) -> Tensor:
 
 
 def _lanczos(op: HessianOperator, k: int, tol: float, n_iter: int, which: str, criterion: str, generator,
-             progress: bool, vectors: bool = True) -> tuple[Tensor, Tensor | None, bool]:
-    """Lanczos with full reorthogonalization (see :func:`_lanczos_step`) in float64.
-    Returns the top-k Ritz values (descending by `which`), their Ritz vectors (k, P) (None
-    unless `vectors`) and whether the stopping rule held for each of them: with criterion
-    "eigenvalue", the error estimate min(r_i, r_i^2 / gap_i) <= tol |theta_i|; with "residual",
-    r_i <= tol * max |theta|, where r_i = ||H y_i - theta_i y_i|| = beta_m |s_{m,i}|. A Krylov
-    space of dimension P is exact. The basis grows by doubling (a run that stops after a few
-    steps never allocates n_iter vectors); the m x m tridiagonal problem is solved with
-    NumPy/LAPACK."""
+             progress: bool) -> tuple[Tensor, Tensor, bool]:
+    """Lanczos with full reorthogonalization (classical Gram-Schmidt, twice) in float64.
+    Returns the top-k Ritz values (descending by `which`), their Ritz vectors (k, P) and whether
+    the stopping rule held for each of them: with criterion "eigenvalue", the error estimate
+    min(r_i, r_i^2 / gap_i) <= tol |theta_i|; with "residual", r_i <= tol * max |theta|, where
+    r_i = ||H y_i - theta_i y_i|| = beta_m |s_{m,i}|. A Krylov space of dimension P is exact.
+    The basis grows by doubling (a run that stops after a few steps never allocates n_iter
+    vectors); the m x m tridiagonal problem is solved with NumPy/LAPACK."""
     n = op.numel
     m_max = min(n_iter, n)
     Q = torch.empty(min(m_max, 16), n, dtype=torch.float64, device=op.device)
@@ -176,17 +157,17 @@ def _lanczos(op: HessianOperator, k: int, tol: float, n_iter: int, which: str, c
     betas = np.zeros(m_max)
     q = _unit_start(op, generator)
     tiny = np.finfo(np.float64).tiny
-    converged, theta, S, idx, m, beta = False, None, None, None, 0, 0.0
-    bar = tqdm(total=m_max, desc="lanczos", disable=not progress, leave=False) if progress else None
+    converged, theta, S, idx, m = False, None, None, None, 0
+    bar = tqdm(total=m_max, desc="lanczos", disable=not progress, leave=False)
     for j in range(m_max):
         if j == len(Q):
             Q = torch.cat([Q, torch.empty(min(len(Q), m_max - j), n, dtype=Q.dtype, device=Q.device)])
-        alphas[j], w, beta = _lanczos_step(op, Q, j, q, beta)
+        alphas[j], w = _lanczos_step(op, Q, j, q)
+        beta = float(torch.linalg.vector_norm(w))
         m = j + 1
         theta, S = _tridiagonal_eigh(alphas[:m], betas[: m - 1])
         scale = max(float(np.abs(theta).max()), tiny)
-        if bar is not None:
-            bar.update(1)
+        bar.update(1)
         if m >= k:
             idx = _top(theta, k, which)
             residual = beta * np.abs(S[m - 1])
@@ -201,20 +182,17 @@ def _lanczos(op: HessianOperator, k: int, tol: float, n_iter: int, which: str, c
             break
         if beta <= 1e-12 * scale:  # an invariant subspace: restart orthogonally to it
             q = _unit_start(op, generator, exclude=Q[:m])
-            beta = betas[j] = 0.0
+            betas[j] = 0.0
         else:
-            q = w.div_(beta)
+            q = w / beta
             betas[j] = beta
-    if bar is not None:
-        bar.close()
+    bar.close()
     if idx is None:  # fewer Lanczos steps than k: cannot happen since k <= P = m_max
         idx = _top(theta, k, which)
-    values = torch.from_numpy(theta[idx].copy())
-    if not vectors:
-        return values, None, converged
     coefficients = torch.from_numpy(np.ascontiguousarray(S[:, idx].T)).to(Q.device)
-    ritz = coefficients @ Q[:m]
-    return values, ritz / torch.linalg.vector_norm(ritz, dim=1, keepdim=True), converged
+    vectors = coefficients @ Q[:m]
+    vectors = vectors / torch.linalg.vector_norm(vectors, dim=1, keepdim=True)
+    return torch.from_numpy(theta[idx].copy()), vectors, converged
 
 
 def _power(op: HessianOperator, k: int, tol: float, n_iter: int, which: str, generator,
@@ -395,8 +373,7 @@ def hessian_eigenvalues(
         steps = n_iter if n_iter is not None else max(100, 4 * k)
         if steps < k:
             raise ValueError(f"n_iter must be at least k={k} for Lanczos, got {n_iter!r}")
-        values, vectors, converged = _lanczos(op, k, tol, steps, which, criterion, generator, progress,
-                                              vectors=return_eigenvectors)
+        values, vectors, converged = _lanczos(op, k, tol, steps, which, criterion, generator, progress)
     else:
         steps = n_iter or 1000
         values, vectors, converged = _power(op, k, tol, steps, which, generator, progress)
@@ -519,15 +496,15 @@ def _lanczos_tridiagonal(op: HessianOperator, m: int, generator) -> tuple[Tensor
     q = _rademacher((n,), generator, torch.float64, op.device) / math.sqrt(n)
     Q = torch.empty(m, n, dtype=torch.float64, device=op.device)
     alphas, betas = torch.zeros(m, dtype=torch.float64), torch.zeros(max(m - 1, 0), dtype=torch.float64)
-    beta = 0.0
     for j in range(m):
-        alphas[j], w, beta = _lanczos_step(op, Q, j, q, beta)
+        alphas[j], w = _lanczos_step(op, Q, j, q)
         if j == m - 1:
             break
-        if beta <= 1e-12 * max(float(alphas[: j + 1].abs().max()), 1e-300):
+        beta = torch.linalg.vector_norm(w)
+        if float(beta) <= 1e-12 * max(float(alphas[: j + 1].abs().max()), 1e-300):
             m = j + 1  # the start vector lies in an invariant subspace: the quadrature is exact
             break
-        betas[j] = beta
+        betas[j] = beta.cpu()
         q = w / beta
     theta, S = torch.linalg.eigh(_tridiagonal(alphas, betas, m))
     return theta, S[0].pow(2)
