@@ -910,7 +910,8 @@ def _axis_incidence(n_in: int, n_out: int, k: int, stride: int, before: int, row
 
 
 def _zero_padded_gram(
-    kernel: Tensor, size: tuple[int, int], pads: tuple[tuple[int, int], tuple[int, int]], stride: tuple[int, int]
+    kernel: Tensor, size: tuple[int, int], pads: tuple[tuple[int, int], tuple[int, int]], stride: tuple[int, int],
+    rows: bool | None = None,
 ) -> tuple[Tensor, bool]:
     r"""(G, rows): the Gram matrix of the smaller side of the zero-padded convolution of a float64
     ``kernel`` on ``size`` images, padded ``pads = ((top, bottom), (left, right))``: with ``rows``,
@@ -918,13 +919,14 @@ def _zero_padded_gram(
     indexed by inputs. :math:`G = \sum M_{ab, a'b'} \otimes S^h_{a a'} \otimes S^w_{b b'}` with
     :math:`M` the Gram matrix of the reshaped kernel over the summed channels and :math:`S` the
     incidences of :func:`_axis_incidence`; each entry is a sum of at most ``c kh kw`` products
-    of kernel entries (``c`` the summed channels)."""
+    of kernel entries (``c`` the summed channels). ``rows`` forces a side (default: the smaller)."""
     c_out, c_in, kh, kw = kernel.shape
     (top, bottom), (left, right) = pads
     h, w = size
     out_h = (h + top + bottom - kh) // stride[0] + 1
     out_w = (w + left + right - kw) // stride[1] + 1
-    rows = c_out * out_h * out_w < c_in * h * w
+    if rows is None:
+        rows = c_out * out_h * out_w < c_in * h * w
     factor = kernel.transpose(0, 1) if rows else kernel  # the channel summed over comes first
     gram = torch.einsum("ocab,odef->cabdef", factor, factor)
     s_h = _axis_incidence(h, out_h, kh, stride[0], top, rows, kernel.device)
@@ -971,7 +973,9 @@ def _top_eigenpair(G: Tensor, tol: float, max_steps: int = 96) -> tuple[float, f
     return top, residual, y / torch.linalg.vector_norm(y)
 
 
-def _cholesky_certified_max(G: Tensor, terms: int, tol: float) -> tuple[float, Tensor] | None:
+def _cholesky_certified_max(
+    G: Tensor, terms: int, tol: float, abs_trace: float | None = None
+) -> tuple[float, Tensor] | None:
     r"""A certified upper bound of the largest eigenvalue of the exact Gram matrix of which the
     float64 ``G`` is the computed version, and a unit vector close to its eigenvector; None when
     no shift :math:`s` up to :math:`(1 + \text{tol})^4` times the Lanczos estimate passes.
@@ -979,22 +983,25 @@ def _cholesky_certified_max(G: Tensor, terms: int, tol: float) -> tuple[float, T
     Bound. Let :math:`G_\star` be the exact Gram matrix, whose computed entries are sums of at
     most ``terms`` products: :math:`|G - G_\star| \le \gamma_{\text{terms}} |T|^\top |T|`
     entrywise, and by Cauchy-Schwarz on the columns of :math:`|T|`,
-    :math:`\|G - G_\star\|_2 \le \gamma_{\text{terms}} \operatorname{tr} G_\star`. The shifted
+    :math:`\|G - G_\star\|_2 \le \gamma_{\text{terms}} \operatorname{tr} (|T|^\top |T|)`, which is
+    :math:`\operatorname{tr} G_\star` when every entry of :math:`T` is a single kernel entry
+    (zero padding; other paddings add entries up and pass ``abs_trace``, a computed value of
+    :math:`\operatorname{tr} (|T|^\top |T|)` from sums of nonnegative terms). The shifted
     :math:`B = \mathrm{fl}(sI - G)` differs from :math:`sI - G` on the diagonal only, by at most
     :math:`u\,|s - G_{ii}|`. If Cholesky runs to completion on :math:`B` in floating point, then
     :math:`B + \Delta = R^\top R \succeq 0` with :math:`|\Delta_{ij}| \le \gamma_{n+1}
     |R|^\top|R|` and, again by Cauchy-Schwarz, :math:`\|\Delta\|_2 \le \alpha \operatorname{tr}
     B` with :math:`\alpha = \gamma_{n+1} / (1 - \gamma_{n+1})` [demmel1989floating], [rump2006verification]; hence
     :math:`\lambda_{\max}(G_\star) \le s + \alpha \operatorname{tr} B + u \max_i |s - G_{ii}| +
-    \gamma_{\text{terms}} \operatorname{tr} G_\star`, plus an underflow term. Every piece is
+    \gamma_{\text{terms}} \operatorname{tr} (|T|^\top |T|)`, plus an underflow term. Every piece is
     rounded generously; the entries of G should be of order one (the caller scales the kernel by a
     power of two)."""
     n = G.shape[0]
     theta, residual, y = _top_eigenpair(G, tol)
     if not theta > 0:
         return None
-    trace = float(torch.diagonal(G).sum())
-    trace_exact = trace * (1 + _gamma(n)) / (1 - _gamma(terms + 1))  # >= tr G_star
+    trace = float(torch.diagonal(G).sum()) if abs_trace is None else abs_trace
+    trace_exact = trace * (1 + _gamma(n)) / (1 - _gamma(terms + 1))  # >= tr |T|^T |T|
     estimate = theta + residual
     alpha = _gamma(n + 1) / (1 - _gamma(n + 1))
     for factor in (1 + tol / 4, 1 + tol, (1 + tol) ** 2, (1 + tol) ** 4):
@@ -1045,11 +1052,10 @@ def _cholesky_conv_norm(
             return None
         eigenvalue, vector = found
         bound = math.sqrt(eigenvalue) * (1 + 2 * _UNIT) * scale
-        conv = lambda x: F.conv2d(F.pad(x, (left, right, top, bottom)), exact, stride=stride)  # noqa: E731
-        if rows:  # the right singular vector is T^T y
-            x0 = torch.zeros(1, c_in, h, w, dtype=torch.float64, device=kernel.device)
-            _, adjoint = torch.func.vjp(conv, x0)
-            vector = adjoint(vector.reshape(1, c_out, out_h, out_w))[0]
+        if rows:  # the right singular vector is T^T y: the transposed convolution, then the crop
+            z = F.conv_transpose2d(vector.reshape(1, c_out, out_h, out_w), exact, stride=stride)
+            z = F.pad(z, (0, w + left + right - z.shape[-1], 0, h + top + bottom - z.shape[-2]))
+            vector = z[..., top : top + h, left : left + w]
         x = vector.reshape(1, c_in, h, w)
         x = x / torch.linalg.vector_norm(x)
     rho = torch.linalg.vector_norm(F.conv2d(F.pad(x, (left, right, top, bottom)), kernel.to(torch.float64), stride=stride))
@@ -1057,6 +1063,58 @@ def _cholesky_conv_norm(
     if not rho.requires_grad or not float(rho.detach()) > 0:
         return value
     return value * (rho / rho.detach())  # exactly the value: x / x rounds to 1
+
+
+def _padded_cholesky_norm(
+    kernel: Tensor, size: tuple[int, int], pads: tuple[int, int, int, int], mode: str, stride: tuple[int, int],
+    tol: float,
+) -> Tensor | None:
+    r"""Certified bound, within about ``tol`` of the norm, of the convolution of ``c_in x h x w``
+    images padded ``pads = (left, right, top, bottom)`` in ``mode`` (``"circular"``,
+    ``"reflect"``, ``"replicate"``): :math:`T = V P` with :math:`V` the valid convolution of the
+    padded image and :math:`P` the padding, a 0/1 matrix that copies each padded pixel from its
+    source, so :math:`T^\top T = P^\top (V^\top V) P`: the Gram matrix of :math:`V` (from the
+    kernel, :func:`_zero_padded_gram`) with the rows and columns of the copies of a pixel added
+    up. Then :func:`_cholesky_certified_max`, each entry a sum of at most ``copies^2 c kh kw``
+    products, with the trace of :math:`|T|^\top |T|` from the kernel's absolute values. None
+    when the Gram matrix has over ``_CHOLESKY_SIDE`` rows or no shift passes. Float64,
+    differentiable as :func:`_cholesky_conv_norm`."""
+    c_out, c_in, kh, kw = kernel.shape
+    h, w = size
+    left, right, top, bottom = pads
+    if c_in * h * w > _CHOLESKY_SIDE:
+        return None
+    padded = (h + top + bottom, w + left + right)
+    exact = kernel.detach().to(torch.float64)
+    peak = float(exact.abs().max())
+    if peak == 0:
+        return (kernel.sum() * 0.0).to(torch.float64)
+    index = torch.arange(h * w, dtype=torch.float64, device=kernel.device).reshape(1, 1, h, w)
+    source = F.pad(index, pads, mode=mode).flatten().long()  # padded pixel -> its source pixel
+    copies = int(torch.bincount(source, minlength=h * w).max())
+    channel = torch.arange(c_in, device=kernel.device)[:, None] * (h * w)
+    source = (source[None, :] + channel).flatten()
+    with torch.no_grad():
+        scale = 2.0 ** math.floor(math.log2(peak))
+        grams = []
+        for values in (exact / scale, exact.abs() / scale):
+            valid, _ = _zero_padded_gram(values, padded, ((0, 0), (0, 0)), stride, rows=False)
+            folded = valid.new_zeros(c_in * h * w, valid.shape[1]).index_add_(0, source, valid)
+            grams.append(folded.new_zeros(c_in * h * w, c_in * h * w).index_add_(1, source, folded))
+        G, G_abs = grams
+        terms = copies * copies * c_out * kh * kw
+        abs_trace = float(torch.diagonal(G_abs).sum()) * (1 + _gamma(c_in * h * w))
+        found = _cholesky_certified_max(G, terms, tol, abs_trace=abs_trace)
+        if found is None:
+            return None
+        eigenvalue, vector = found
+        bound = math.sqrt(eigenvalue) * (1 + 2 * _UNIT) * scale
+        x = vector.reshape(1, c_in, h, w)
+    rho = torch.linalg.vector_norm(F.conv2d(F.pad(x, pads, mode=mode), kernel.to(torch.float64), stride=stride))
+    value = torch.as_tensor(bound, dtype=torch.float64, device=kernel.device)
+    if not rho.requires_grad or not float(rho.detach()) > 0:
+        return value
+    return value * (rho / rho.detach())
 
 
 # ----------------------------------------------------------------------------- torch's convolutions
@@ -1255,9 +1313,16 @@ def _conv2d_bound(
             )
             value = value * math.sqrt(copies)  # ||P||_2 = sqrt(largest number of copies of a pixel)
             method = f"gram (certified) x sqrt({copies}) {mode} padding"
-        unrolled = _padded_dense_norm(k, (h, w), (lw, rw, lh, rh), mode, stride, tol) if dense else None
-        if unrolled is not None and unrolled < value:
-            value, method = unrolled, "gram on the unrolled operator (certified)"
+        tight = mode == "circular" and method == "gram (certified)"  # the DFT bound is within tol
+        certified = None if tight or not dense else _padded_cholesky_norm(k, (h, w), (lw, rw, lh, rh), mode, stride, tol)
+        if certified is not None:
+            certified = _certified_conv(certified, k)
+            if certified < value:
+                value, method = certified, "Cholesky certificate of the Gram matrix (certified)"
+        elif dense:
+            unrolled = _padded_dense_norm(k, (h, w), (lw, rw, lh, rh), mode, stride, tol)
+            if unrolled is not None and unrolled < value:
+                value, method = unrolled, "gram on the unrolled operator (certified)"
         results.append((value, method))
     value, method = max(results, key=lambda result: float(result[0].detach()))
     if groups > 1:
@@ -1298,12 +1363,16 @@ def conv2d_norm(
     * Reflect and replicate padding: the valid convolution of the padded image times
       :math:`\sqrt{\text{largest number of copies of a pixel}}`, the norm of the padding map.
 
-    With ``dense`` (default), a zero-padded convolution whose Gram matrix has at most 2048 rows
-    gets the Cholesky certificate of :func:`conv_spectral_norm` instead (within about ``tol / 4``
-    of the norm; the embedding bound can be 15% above it on 4x4 images), and operators with
-    other paddings up to about a thousand on a side are unrolled (:func:`conv_operator_matrix`,
-    times the padding's selection matrix) and bounded by :func:`gram_iteration`, which converges
-    to the norm; the smaller certified bound is kept.
+    With ``dense`` (default), a convolution whose Gram matrix has at most 2048 rows gets the
+    Cholesky certificate of :func:`conv_spectral_norm`, within about ``tol / 4`` of the norm
+    itself (the embedding bound can be 15% above the norm on 4x4 images, the reflect and
+    replicate bounds twice the norm). For reflect, replicate and circular padding the layer is
+    :math:`T = V P`, the valid convolution of the padded image after the padding :math:`P`
+    (which copies pixels), so :math:`T^\top T = P^\top V^\top V P` is formed from the kernel too;
+    the circular case uses it only where the DFT bound is not already within ``tol``. Should
+    the certificate fail, operators up to about a thousand on a side are unrolled
+    (:func:`conv_operator_matrix`, times the padding's selection matrix) and bounded by
+    :func:`gram_iteration`. The smallest certified bound is kept.
 
     Floating point: every bound carries the safety margin of :func:`gram_iteration` /
     :func:`conv_spectral_norm` for the kernel's dtype (pass a float64 kernel for a bound of the

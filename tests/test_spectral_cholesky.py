@@ -135,3 +135,53 @@ def test_large_operators_fall_back_to_the_embedding_bound():
     result = spectral.conv2d_norm(kernel, 8, padding=1)  # Gram side 2560 > 2048
     assert result.method == "gram (certified)"
     assert result.upper.item() >= _norm(spectral.conv_operator_matrix(kernel, 8, padding=1))
+
+
+def _padded_operator(kernel: torch.Tensor, size: int, pads, mode: str, stride: int) -> torch.Tensor:
+    c_in = kernel.shape[1]
+    n = c_in * size * size
+    basis = torch.eye(n, dtype=F64).reshape(n, c_in, size, size)
+    return F.conv2d(F.pad(basis, pads, mode=mode), kernel, stride=stride).reshape(n, -1).T
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    mode=st.sampled_from(["reflect", "replicate", "circular"]), c_out=st.integers(1, 5), c_in=st.integers(1, 5),
+    k=st.sampled_from([1, 2, 3, 5]), size=st.integers(4, 8), stride=st.integers(1, 2),
+    pads=st.tuples(*[st.integers(0, 3)] * 4), seed=st.integers(0, 2**16),
+)  # fmt: skip
+def test_other_paddings_certified_and_tight(mode, c_out, c_in, k, size, stride, pads, seed):
+    left, right, top, bottom = pads
+    if max(pads) >= size or (size + top + bottom - k) // stride + 1 < 1 or (size + left + right - k) // stride + 1 < 1:
+        return  # reflect needs pads < size; no empty outputs
+    kernel = torch.randn(c_out, c_in, k, k, dtype=F64, generator=torch.Generator().manual_seed(seed))
+    result = spectral.conv2d_norm(kernel, size, padding=((top, bottom), (left, right)), padding_mode=mode,
+                                  stride=stride)  # fmt: skip
+    truth = _norm(_padded_operator(kernel, size, pads, mode, stride))
+    assert result.upper.item() >= truth
+    if result.method.startswith("Cholesky") or result.method == "gram (certified)":
+        assert result.upper.item() <= truth * (1 + 1e-3)
+
+
+def test_reflected_copies_that_cancel():
+    """Reflect padding adds the taps that read the same pixel: with opposite taps the operator's
+    entries cancel to zero while the rounding of the terms does not; the certificate's margin is
+    taken from the absolute values."""
+    kernel = torch.zeros(2, 2, 3, 3, dtype=F64)
+    kernel[:, :, 1, 0] = torch.tensor([[1.0, 0.3], [-0.2, 0.7]], dtype=F64)
+    kernel[:, :, 1, 2] = -kernel[:, :, 1, 0] * (1 + 2**-40)
+    kernel[:, :, 1, 1] = 1e-8
+    result = spectral.conv2d_norm(kernel, 5, padding=1, padding_mode="reflect")
+    truth = _norm(_padded_operator(kernel, 5, (1, 1, 1, 1), "reflect", 1))
+    assert result.method.startswith("Cholesky")
+    assert truth <= result.upper.item() <= truth * (1 + 1e-3)
+
+
+@pytest.mark.parametrize("mode", ["reflect", "replicate"])
+def test_other_paddings_gradient_is_the_norms_gradient(mode):
+    kernel = torch.randn(3, 2, 3, 3, dtype=F64, generator=torch.Generator().manual_seed(5), requires_grad=True)
+    bound = spectral.conv2d_norm(kernel, 5, padding=1, padding_mode=mode, tol=1e-7).upper
+    (grad,) = torch.autograd.grad(bound, kernel)
+    exact = torch.linalg.matrix_norm(_padded_operator(kernel, 5, (1, 1, 1, 1), mode, 1), ord=2)
+    (expected,) = torch.autograd.grad(exact, kernel)
+    torch.testing.assert_close(grad, expected, rtol=1e-4, atol=1e-6 * expected.abs().max().item())
