@@ -6,6 +6,7 @@ Persistence (ripser) and bottleneck distances (persim) come from the optional ex
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 import subprocess
@@ -354,12 +355,12 @@ def test_certified_points_never_flip(tiny_model):
 def test_certified_radii_match_the_formula(tiny_model):
     model, _, x, labels = tiny_model
     radii = model.certified_radii(x, labels)
-    with torch.no_grad():
-        z = model.double()(x.double())
-        model.float()
+    with torch.no_grad():  # in float64, on a float64 copy, as the docstring says (sup f_k included)
+        model64 = copy.deepcopy(model).double()
+        z = model64(x.double())
         top2 = z.topk(2, dim=1).values
         margin = top2[:, 0] - top2[:, 1]
-        sup_f = model.vectorization.sup_f().tolist()
+        sup_f = model64.vectorization.sup_f().tolist()
     expected = topology.certified_radius(margin, model.network_lipschitz(), model.vectorization.m, sup_f)
     correct = z.argmax(1) == labels
     torch.testing.assert_close(radii[correct], expected[correct], rtol=1e-9, atol=1e-15)
