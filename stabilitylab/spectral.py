@@ -1059,10 +1059,16 @@ def _cholesky_conv_norm(
         x = vector.reshape(1, c_in, h, w)
         x = x / torch.linalg.vector_norm(x)
     rho = torch.linalg.vector_norm(F.conv2d(F.pad(x, (left, right, top, bottom)), kernel.to(torch.float64), stride=stride))
-    value = torch.as_tensor(bound, dtype=torch.float64, device=kernel.device)
+    return _carrying_gradient(bound, rho)
+
+
+def _carrying_gradient(bound: float, rho: Tensor) -> Tensor:
+    """``bound`` as a float64 tensor on ``rho``'s device with the gradient of ``bound * rho /
+    sg(rho)`` (``rho`` a Rayleigh quotient, positive): exactly the value, since x / x rounds to 1."""
+    value = torch.as_tensor(bound, dtype=torch.float64, device=rho.device)
     if not rho.requires_grad or not float(rho.detach()) > 0:
         return value
-    return value * (rho / rho.detach())  # exactly the value: x / x rounds to 1
+    return value * (rho / rho.detach())
 
 
 def _padded_cholesky_norm(
@@ -1111,10 +1117,7 @@ def _padded_cholesky_norm(
         bound = math.sqrt(eigenvalue) * (1 + 2 * _UNIT) * scale
         x = vector.reshape(1, c_in, h, w)
     rho = torch.linalg.vector_norm(F.conv2d(F.pad(x, pads, mode=mode), kernel.to(torch.float64), stride=stride))
-    value = torch.as_tensor(bound, dtype=torch.float64, device=kernel.device)
-    if not rho.requires_grad or not float(rho.detach()) > 0:
-        return value
-    return value * (rho / rho.detach())
+    return _carrying_gradient(bound, rho)
 
 
 # ----------------------------------------------------------------------------- torch's convolutions
