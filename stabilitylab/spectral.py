@@ -1304,6 +1304,7 @@ def _conv2d_bound(
                 method="gram", tol=tol,
             )  # fmt: skip
             method = "gram (certified)"
+            tight = mult_h * mult_w == 1  # the DFT bound is within tol of the norm
             if mult_h * mult_w > 1:
                 value = value * math.sqrt(mult_h * mult_w)
                 method = f"gram (certified) x sqrt({mult_h * mult_w}) repeated outputs"
@@ -1316,13 +1317,13 @@ def _conv2d_bound(
             )
             value = value * math.sqrt(copies)  # ||P||_2 = sqrt(largest number of copies of a pixel)
             method = f"gram (certified) x sqrt({copies}) {mode} padding"
-        tight = mode == "circular" and method == "gram (certified)"  # the DFT bound is within tol
+            tight = False
         certified = None if tight or not dense else _padded_cholesky_norm(k, (h, w), (lw, rw, lh, rh), mode, stride, tol)
         if certified is not None:
             certified = _certified_conv(certified, k)
             if certified < value:
                 value, method = certified, "Cholesky certificate of the Gram matrix (certified)"
-        elif dense:
+        elif dense:  # the certificate failed or was skipped (the DFT bound is within tol): the old check
             unrolled = _padded_dense_norm(k, (h, w), (lw, rw, lh, rh), mode, stride, tol)
             if unrolled is not None and unrolled < value:
                 value, method = unrolled, "gram on the unrolled operator (certified)"
